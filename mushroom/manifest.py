@@ -1,0 +1,74 @@
+"""data/manifest.csv: one row per photo, the contract between the data stage and everything after.
+
+`path` is relative to the data folder (train/Amanita_muscaria/123.jpg). The file is rewritten
+atomically, so an interrupted run never leaves a half-written manifest.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Iterable
+
+from mushroom.errors import UserError
+from mushroom.images import atomic_write
+
+COLUMNS = ("photo_id", "observation_id", "taxon_id", "species", "split", "path", "url",
+           "license_code", "attribution", "observer", "observation_url", "sha256", "width", "height")
+SPLITS = ("train", "val", "test")
+MANIFEST_NAME = "manifest.csv"
+
+
+def manifest_path(data_dir: str | os.PathLike) -> Path:
+    return Path(data_dir) / MANIFEST_NAME
+
+
+def read_manifest(path: str | os.PathLike, missing_ok: bool = False) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        if missing_ok:
+            return []
+        raise UserError(f"{path} does not exist: run download_data.py first (or download_data.py --from-folder DIR)")
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise UserError(f"{path} lacks the columns {', '.join(missing)}: rerun download_data.py")
+        return [{c: row[c] for c in COLUMNS} for row in reader]
+
+
+def write_manifest(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    rows = sorted(rows, key=lambda r: (SPLITS.index(r["split"]), r["species"], str(r["photo_id"])))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: row.get(c, "") for c in COLUMNS})
+    atomic_write(path, buf.getvalue().encode("utf-8"))
+
+
+def split_rows(rows: list[dict], split: str) -> list[dict]:
+    return [r for r in rows if r["split"] == split]
+
+
+def counts_table(rows: list[dict], extra: dict[str, dict[str, int]] | None = None) -> str:
+    """A plain-text table: photos per species per split (+ optional extra columns, e.g. skipped)."""
+    per = defaultdict(Counter)
+    for r in rows:
+        per[r["species"]][r["split"]] += 1
+    extra = extra or {}
+    species = sorted(set(per) | {s for col in extra.values() for s in col})
+    cols = list(SPLITS) + ["total"] + list(extra)
+    width = max([len("species"), len("total")] + [len(s) for s in species])
+    lines = ["species".ljust(width) + "".join(f"{c:>10}" for c in cols)]
+    totals = Counter()
+    for s in species:
+        vals = [per[s][sp] for sp in SPLITS]
+        vals.append(sum(vals))
+        vals += [extra[c].get(s, 0) for c in extra]
+        totals.update(dict(zip(cols, vals)))
+        lines.append(s.ljust(width) + "".join(f"{v:>10}" for v in vals))
+    lines.append("total".ljust(width) + "".join(f"{totals[c]:>10}" for c in cols))
+    return "\n".join(lines)

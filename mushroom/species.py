@@ -1,0 +1,79 @@
+"""The species table: names, iNaturalist ids, graded edibility, notes and look-alikes."""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from mushroom.config import EDIBILITY_GRADES, Config
+from mushroom.errors import UserError
+
+# Binary "edible" of the study: caution species are edible with preparation (e.g. well cooked).
+EDIBLE_GRADES = ("choice", "edible", "caution")
+DANGEROUS_GRADES = ("poisonous", "deadly")
+assert set(EDIBLE_GRADES) | {"inedible"} | set(DANGEROUS_GRADES) == set(EDIBILITY_GRADES)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9-]+")
+
+
+@dataclass(frozen=True)
+class Species:
+    name: str                # scientific name, as on iNaturalist
+    common_name: str
+    taxon_id: int
+    edibility: str           # one of EDIBILITY_GRADES
+    notes: str = ""
+    look_alikes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def folder(self) -> str:
+        return folder_name(self.name)
+
+    @property
+    def is_edible(self) -> bool:
+        return self.edibility in EDIBLE_GRADES
+
+    @property
+    def is_dangerous(self) -> bool:
+        return self.edibility in DANGEROUS_GRADES
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["look_alikes"] = list(self.look_alikes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Species":
+        return cls(name=d["name"], common_name=d["common_name"], taxon_id=int(d["taxon_id"]),
+                   edibility=d["edibility"], notes=d.get("notes", ""),
+                   look_alikes=tuple(d.get("look_alikes", ())))
+
+
+def folder_name(name: str) -> str:
+    """'Amanita muscaria' -> 'Amanita_muscaria'. Anything but letters, digits and '-' becomes '_',
+    so no name (even '../../etc') can form a path outside its parent folder."""
+    cleaned = _UNSAFE.sub("_", name.strip()).strip("_")
+    if not cleaned:
+        raise UserError(f"species name {name!r} has no letters or digits to name a folder with")
+    return cleaned
+
+
+def all_species(cfg: Config) -> list[Species]:
+    return [Species.from_dict(s) for s in cfg.species]
+
+
+def selected_species(cfg: Config) -> list[Species]:
+    """The species this experiment uses: data.species_subset when set, else all, in config order."""
+    species = all_species(cfg)
+    subset = cfg.data.species_subset
+    if subset:
+        wanted = set(subset)
+        species = [s for s in species if s.name in wanted]
+    return species
+
+
+def by_folder(species: list[Species]) -> dict[str, Species]:
+    return {s.folder: s for s in species}
+
+
+def by_name(species: list[Species]) -> dict[str, Species]:
+    return {s.name: s for s in species}
