@@ -1,0 +1,91 @@
+"""The model folder: everything needed to use a trained model (see README, "Model folder").
+
+read_meta/find_* import no TensorFlow, so predict.py can use them on a machine without it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mushroom.errors import UserError
+from mushroom.images import atomic_write
+
+MODEL_FILE = "model.keras"
+META_FILE = "meta.json"
+HISTORY_FILE = "history.json"
+TEMPERATURE_FILE = "temperature.json"
+TFLITE_DIR = "tflite"
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    atomic_write(path, (json.dumps(data, indent=2, allow_nan=False, default=_jsonable) + "\n").encode("utf-8"))
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):  # NumPy scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def read_meta(folder: str | os.PathLike) -> dict:
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        raise UserError(f"{folder} is not a model folder ({META_FILE} missing): train a model first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}): retrain or restore the model folder") from None
+
+
+def read_temperature(folder: str | os.PathLike) -> float | None:
+    path = Path(folder) / TEMPERATURE_FILE
+    if not path.is_file():
+        return None
+    return float(json.loads(path.read_text(encoding="utf-8"))["temperature"])
+
+
+def save_model_folder(folder: str | os.PathLike, model, meta: dict, history: dict | None = None) -> Path:
+    """Write model.keras and meta.json (atomically, model last-but-one so meta marks completeness)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".partial-model.keras"
+    model.save(tmp)
+    os.replace(tmp, folder / MODEL_FILE)
+    if history is not None:
+        write_json(folder / HISTORY_FILE, history)
+    meta = {**meta, "created": meta.get("created") or now(), "versions": meta.get("versions") or versions()}
+    write_json(folder / META_FILE, meta)
+    return folder
+
+
+def load_model_folder(folder: str | os.PathLike, compile: bool = False):
+    """(keras model, meta) of a model folder."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    path = folder / MODEL_FILE
+    if not path.is_file():
+        raise UserError(f"{path} is missing: the model folder is incomplete, retrain it")
+    from mushroom.keras_env import keras
+
+    return keras.models.load_model(path, compile=compile), meta
