@@ -1,0 +1,187 @@
+"""Import an existing photo collection (DIR/<Species_name>/*.jpg, optional DIR/manifest.csv) into
+data/{train,val,test}/<Species_name>/<photo_id>.jpg and data/manifest.csv, split like a download.
+
+This is how a user brings Kaggle, DF20 or their own photos, and how the pipeline runs offline.
+Photos of one group (a column of the source manifest: observation, date, ...) never cross splits.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+from mushroom.config import Config
+from mushroom.errors import UserError
+from mushroom.images import BadImage, atomic_write, decode, describe_bytes, remove_partials
+from mushroom.manifest import counts_table, manifest_path, read_manifest, write_manifest
+from mushroom.species import Species, all_species, by_folder, folder_name, selected_species
+from mushroom.splits import assign_splits
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class ImportReport:
+    rows: list[dict]                                   # manifest rows of the imported species
+    added: int = 0                                     # photos written by this run
+    kept: int = 0                                      # photos already in place from an earlier run
+    failed: Counter = field(default_factory=Counter)   # species -> unreadable photos
+    duplicates: Counter = field(default_factory=Counter)  # species -> photos with a sha256 seen before
+    unknown_species: list[str] = field(default_factory=list)   # folders matching no species in the config
+    unselected_species: list[str] = field(default_factory=list)  # known species left out by data.species_subset
+    group_column: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        extra = {}
+        if self.duplicates:
+            extra["duplicate"] = dict(self.duplicates)
+        if self.failed:
+            extra["failed"] = dict(self.failed)
+        lines = [counts_table(self.rows, extra), "",
+                 f"{self.added} photos added, {self.kept} already in place, "
+                 f"{sum(self.failed.values())} unreadable, {sum(self.duplicates.values())} duplicates skipped; "
+                 f"grouped by {self.group_column or 'photo (no group column)'}"]
+        if self.unknown_species:
+            lines.append("not in config.yaml (skipped): " + ", ".join(self.unknown_species))
+        if self.unselected_species:
+            lines.append("left out by data.species_subset: " + ", ".join(self.unselected_species))
+        lines += self.notes
+        return "\n".join(lines)
+
+
+def _read_source_manifest(source: Path) -> dict[str, dict]:
+    path = source / "manifest.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if "path" not in (reader.fieldnames or []):
+            raise UserError(f"{path} has no 'path' column: it must name each photo as <Species_name>/<file>")
+        return {os.path.normpath(row["path"]): row for row in reader}
+
+
+def _photo_id(file: Path) -> str:
+    return folder_name(file.stem)
+
+
+def _jpeg_bytes(data: bytes, what: str) -> bytes:
+    """The photo as JPEG bytes: JPEGs are kept byte for byte, anything else is re-encoded once."""
+    if data[:3] == b"\xff\xd8\xff":
+        return data
+    img = decode(data, what)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def import_folder(cfg: Config, source_dir: str | os.PathLike, group_column: str | None,
+                  data_dir: str | os.PathLike, force: bool = False) -> ImportReport:
+    source, data_dir = Path(source_dir), Path(data_dir)
+    if not source.is_dir():
+        raise UserError(f"--from-folder {source} is not a folder: give DIR laid out as DIR/<Species_name>/*.jpg")
+    meta = _read_source_manifest(source)
+    if group_column:
+        if not meta:
+            raise UserError(f"--group-column {group_column} needs {source / 'manifest.csv'}, which does not exist")
+        columns = set(next(iter(meta.values())).keys())
+        if group_column not in columns:
+            raise UserError(f"--group-column {group_column} is not a column of {source / 'manifest.csv'} "
+                            f"(columns: {', '.join(sorted(columns))})")
+    report = ImportReport(rows=[], group_column=group_column)
+    if not group_column:
+        report.notes.append("no --group-column given: every photo is its own group, so near-duplicate photos "
+                            "of one mushroom may land in different splits and inflate val/test scores")
+
+    known = by_folder(all_species(cfg))
+    wanted = {s.folder for s in selected_species(cfg)}
+    candidates: list[tuple[Species, Path, str]] = []   # (species, file, group)
+    for sub in sorted(p for p in source.iterdir() if p.is_dir()):
+        species = known.get(folder_name(sub.name))
+        if species is None:
+            report.unknown_species.append(sub.name)
+            continue
+        if species.folder not in wanted:
+            report.unselected_species.append(species.name)
+            continue
+        for file in sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+            rel = os.path.normpath(str(file.relative_to(source)))
+            group = (meta.get(rel) or {}).get(group_column, "") if group_column else ""
+            candidates.append((species, file, group or f"photo:{_photo_id(file)}"))
+    if not candidates:
+        raise UserError(f"no photos of the configured species found in {source}: expected "
+                        f"{source}/<Species_name>/*.jpg with names from config.yaml, e.g. {next(iter(wanted))}")
+
+    remove_partials(data_dir)
+    mpath = manifest_path(data_dir)
+    existing = read_manifest(mpath, missing_ok=True)
+    imported_species = {s.name for s, _, _ in candidates}
+    others = [r for r in existing if r["species"] not in imported_species]
+    previous = {} if force else {(r["species"], r["photo_id"]): r for r in existing if r["species"] in imported_species}
+
+    # Read and verify every source photo once; duplicates (same bytes) are stored once.
+    photos = []   # (species, photo_id, group, jpeg bytes, source file)
+    seen_sha: set[str] = set()
+    for species, file, group in candidates:
+        try:
+            data = _jpeg_bytes(file.read_bytes(), str(file))
+            sha, width, height = describe_bytes(data, str(file))
+        except BadImage as exc:
+            report.failed[species.name] += 1
+            print(f"warning: skipped {exc}", file=sys.stderr)
+            continue
+        if sha in seen_sha:
+            report.duplicates[species.name] += 1
+            continue
+        seen_sha.add(sha)
+        photos.append((species, _photo_id(file), group, data, file, sha, width, height))
+
+    sizes = Counter((sp.name, group) for sp, _, group, *_ in photos)
+    fixed = {}
+    for sp, pid, group, *_ in photos:
+        prev = previous.get((sp.name, pid))
+        if prev and prev["observation_id"] == group:
+            fixed[(sp.name, group)] = prev["split"]
+    splits = assign_splits(dict(sizes), dict(cfg.data.split), cfg.seed, fixed)
+
+    rows = []
+    for sp, pid, group, data, file, sha, width, height in photos:
+        split = splits[(sp.name, group)]
+        rel = f"{split}/{sp.folder}/{pid}.jpg"
+        dest = data_dir / rel
+        prev = previous.get((sp.name, pid))
+        if prev and prev["path"] != rel:
+            (data_dir / prev["path"]).unlink(missing_ok=True)
+        if prev and prev["path"] == rel and prev["sha256"] == sha and dest.is_file():
+            report.kept += 1
+        else:
+            atomic_write(dest, data)
+            report.added += 1
+        src = meta.get(os.path.normpath(str(file.relative_to(source)))) or {}
+        rows.append({
+            "photo_id": pid, "observation_id": group, "taxon_id": sp.taxon_id, "species": sp.name,
+            "split": split, "path": rel, "url": src.get("url", ""),
+            "license_code": src.get("license_code", src.get("license", "")),
+            "attribution": src.get("attribution", src.get("source", "")),
+            "observer": src.get("observer", ""), "observation_url": src.get("observation_url", ""),
+            "sha256": sha, "width": width, "height": height,
+        })
+    # Drop files of this import that are no longer part of it (e.g. a split moved by --force).
+    keep_paths = {r["path"] for r in rows}
+    for r in previous.values():
+        if r["path"] not in keep_paths:
+            (data_dir / r["path"]).unlink(missing_ok=True)
+    new_rows = others + rows
+    if report.added or _normalise(existing) != _normalise(new_rows):
+        write_manifest(mpath, new_rows)
+    report.rows = rows
+    return report
+
+
+def _normalise(rows: list[dict]) -> list[tuple]:
+    return sorted(tuple(str(r[k]) for k in sorted(r)) for r in rows)

@@ -1,0 +1,125 @@
+import csv
+import shutil
+from collections import defaultdict
+
+import pytest
+
+from mushroom.errors import UserError
+from mushroom.importer import import_folder
+from mushroom.manifest import COLUMNS, read_manifest
+from tests.conftest import SHARED_PHOTOS
+
+
+def _splits_per_group(rows):
+    groups = defaultdict(set)
+    for r in rows:
+        groups[(r["species"], r["observation_id"])].add(r["split"])
+    return groups
+
+
+def test_import_writes_layout_and_manifest(cfg, photo_folder, tmp_path):
+    data = tmp_path / "data"
+    report = import_folder(cfg, photo_folder, "date", data)
+    rows = read_manifest(data / "manifest.csv")
+    assert len(rows) == 36 and report.added == 36
+    assert list(rows[0]) == list(COLUMNS)
+    for r in rows:
+        path = data / r["path"]
+        assert path.is_file() and r["path"] == f"{r['split']}/{r['species'].replace(' ', '_')}/{r['photo_id']}.jpg"
+        assert r["observation_id"].startswith("2020-09-")
+        assert int(r["width"]) > 0 and len(r["sha256"]) == 64
+    assert all(len(s) == 1 for s in _splits_per_group(rows).values())
+    # 4 date groups per species: each split gets at least one group of every species
+    assert {(r["species"], r["split"]) for r in rows} == {
+        (s, sp) for s in ("Amanita muscaria", "Boletus edulis", "Hypholoma fasciculare") for sp in ("train", "val", "test")}
+    assert "grouped by date" in report.summary()
+
+
+def test_second_run_changes_nothing(cfg, photo_folder, tmp_path):
+    data = tmp_path / "data"
+    import_folder(cfg, photo_folder, "date", data)
+    before = {p: p.stat().st_mtime_ns for p in data.rglob("*")}
+    manifest = (data / "manifest.csv").read_bytes()
+    report = import_folder(cfg, photo_folder, "date", data)
+    assert report.added == 0 and report.kept == 36
+    assert (data / "manifest.csv").read_bytes() == manifest
+    assert {p: p.stat().st_mtime_ns for p in data.rglob("*")} == before
+
+
+def test_interrupted_import_resumes_without_moving_photos(cfg, photo_folder, tmp_path):
+    data = tmp_path / "data"
+    import_folder(cfg, photo_folder, "date", data)
+    rows = read_manifest(data / "manifest.csv")
+    # Simulate a kill -9: some files lost, a temp file left behind.
+    lost = rows[::5]
+    for r in lost:
+        (data / r["path"]).unlink()
+    (data / "train" / "Boletus_edulis" / ".partial-abc.jpg").write_bytes(b"\xff\xd8half")
+    report = import_folder(cfg, photo_folder, "date", data)
+    assert report.added == len(lost)
+    assert read_manifest(data / "manifest.csv") == rows
+    assert not list(data.rglob(".partial-*"))
+
+
+def test_broken_and_duplicate_photos_and_unknown_species(cfg, photo_folder, tmp_path):
+    (photo_folder / "Boletus_edulis" / "broken.jpg").write_bytes(
+        (photo_folder / "Boletus_edulis" / "boletus_edulis_000.jpg").read_bytes()[:300])
+    (photo_folder / "Boletus_edulis" / "notes.jpg").write_text("<html>not a photo</html>")
+    shutil.copy(photo_folder / "Boletus_edulis" / "boletus_edulis_001.jpg", photo_folder / "Boletus_edulis" / "copy.jpg")
+    (photo_folder / "Fungus_imaginarius").mkdir()
+    shutil.copy(photo_folder / "Boletus_edulis" / "boletus_edulis_002.jpg", photo_folder / "Fungus_imaginarius" / "x.jpg")
+    data = tmp_path / "data"
+    report = import_folder(cfg, photo_folder, "date", data)
+    assert report.failed["Boletus edulis"] == 2
+    assert report.duplicates["Boletus edulis"] == 1
+    assert report.unknown_species == ["Fungus_imaginarius"]
+    rows = read_manifest(data / "manifest.csv")
+    assert len(rows) == 36
+    assert not any("broken" in r["path"] or "notes" in r["path"] for r in rows)
+    assert len(list(data.rglob("*.jpg"))) == 36
+    assert "not in config.yaml" in report.summary()
+
+
+def test_without_group_column_each_photo_is_its_own_group(cfg, photo_folder, tmp_path):
+    report = import_folder(cfg, photo_folder, None, tmp_path / "data")
+    assert "every photo is its own group" in report.summary()
+    rows = read_manifest(tmp_path / "data" / "manifest.csv")
+    assert len({r["observation_id"] for r in rows}) == 36
+
+
+def test_species_subset_and_bad_arguments(cfg, photo_folder, tmp_path):
+    from mushroom.config import load_config
+
+    sub = load_config(None, ["data.species_subset=[Boletus edulis]"])
+    report = import_folder(sub, photo_folder, "date", tmp_path / "data")
+    assert {r["species"] for r in report.rows} == {"Boletus edulis"}
+    assert "Amanita muscaria" in report.unselected_species
+    with pytest.raises(UserError, match="not a column"):
+        import_folder(cfg, photo_folder, "observed_on", tmp_path / "d2")
+    with pytest.raises(UserError, match="is not a folder"):
+        import_folder(cfg, tmp_path / "nowhere", "date", tmp_path / "d3")
+
+
+def test_png_with_alpha_is_stored_as_jpeg(cfg, photo_folder, tmp_path):
+    from PIL import Image
+
+    Image.new("RGBA", (40, 30), (255, 0, 0, 128)).save(photo_folder / "Boletus_edulis" / "alpha.png")
+    import_folder(cfg, photo_folder, None, tmp_path / "data")
+    row = [r for r in read_manifest(tmp_path / "data" / "manifest.csv") if r["photo_id"] == "alpha"][0]
+    assert row["path"].endswith("alpha.jpg")
+    assert (tmp_path / "data" / row["path"]).read_bytes()[:3] == b"\xff\xd8\xff"
+
+
+@pytest.mark.skipif(not SHARED_PHOTOS.is_dir(), reason="../shared/data/fungi128 not present")
+def test_shared_photos_import_keeps_date_groups_together(cfg, tmp_path):
+    data = tmp_path / "data"
+    report = import_folder(cfg, SHARED_PHOTOS, "date", data)
+    rows = read_manifest(data / "manifest.csv")
+    with (SHARED_PHOTOS / "manifest.csv").open() as fh:
+        source = list(csv.DictReader(fh))
+    assert len(rows) == len(source) == 1275
+    assert len({r["species"] for r in rows}) == 36
+    assert all(len(s) == 1 for s in _splits_per_group(rows).values())
+    counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
+    assert 0.6 < counts["train"] / 1275 < 0.8 and counts["val"] > 100 and counts["test"] > 100
+    assert report.added == 1275
