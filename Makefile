@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/demo.yaml
 DATA ?=
+GROUP ?= date
 
-.PHONY: venv test demo pipeline clean-demo
+.PHONY: venv test demo pipeline results
 
 $(STAMP): requirements.txt constraints.txt
 	$(PY) -m venv $(VENV)
@@ -19,5 +20,12 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# make demo DATA=DIR imports DIR/<Species_name>/*.jpg (grouped by the GROUP column of DIR/manifest.csv) instead of downloading.
 demo: $(STAMP)
-	$(BIN)/python download_data.py --config $(CONFIG) $(if $(DATA),--from-folder $(DATA) --group-column date,)
+	$(BIN)/python pipeline.py --config $(CONFIG) $(if $(DATA),--from-folder $(DATA) $(if $(and $(GROUP),$(wildcard $(DATA)/manifest.csv)),--group-column $(GROUP),),)
+
+pipeline: $(STAMP)
+	$(BIN)/python pipeline.py --config config.yaml $(if $(DATA),--from-folder $(DATA) $(if $(and $(GROUP),$(wildcard $(DATA)/manifest.csv)),--group-column $(GROUP),),)
+
+results: $(STAMP)
+	$(BIN)/python update_results.py --config $(CONFIG)

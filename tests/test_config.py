@@ -17,6 +17,8 @@ def test_main_config_lists_51_species_from_shared_table():
         assert sp.taxon_id == int(row["inat_taxon_id"])
         assert sp.edibility == row["edibility"]
         assert sp.common_name == row["common_name"]
+        assert "; ".join(sp.look_alikes) == row["dangerous_look_alikes"]
+        assert all(a.count("(") == a.count(")") for a in sp.look_alikes)
 
 
 def test_demo_config_extends_main_and_overrides():

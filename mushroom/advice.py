@@ -1,0 +1,331 @@
+"""The forager's answer for one photo: top species, certainty, a safe verdict and its reasons.
+Pure Python/NumPy (no TensorFlow), so predict.py starts fast on a phone-class CPU.
+
+    answer = advise(calibrated_probs, class_species, cfg.predict, all_species(cfg))
+    print(format_text(answer, "photo.jpg"))
+    json.dumps(answer.to_json("photo.jpg"))
+
+Verdict rules (safety first; thresholds from cfg.predict):
+- "edible" only when the calibrated top-1 probability >= edible_threshold, the top-1 species is
+  choice/edible/caution, and no poisonous/deadly species holds more than danger_threshold. The
+  danger check runs over every class, not only the top_k listed: identical for the shipped
+  top_k=5 (with top-1 >= 0.90 the sixth place holds at most 0.02), and never weaker when top_k is
+  configured smaller. A caution species that passes carries its note in the reasons, and every
+  look-alike of the top-1 species that is poisonous/deadly or unknown to the model is named.
+  Such a look-alike does not by itself block "edible": the model already weighs the look-alikes
+  it knows through danger_threshold, and blocking on the table alone would forbid most species
+  whatever the photo shows; naming it tells the forager exactly what to rule out in person.
+- "not_edible" when the top-1 species is inedible/poisonous/deadly with probability >=
+  not_edible_threshold.
+- otherwise "uncertain", whose reasons always say not to eat it.
+Look-alikes listed: those of the top-1 species and of any other listed species above
+danger_threshold, in both directions of the table (a species lists X, or X lists the species).
+Every answer ends its reasons with REMINDER.
+
+Certainty words: "high" when the top-1 probability >= edible_threshold (strong enough to call a
+mushroom edible), "medium" when >= not_edible_threshold, else "low".
+
+JSON (`Answer.to_json`, a stable contract read by other tools):
+    {"image": str | null,
+     "top5": [{"species", "common_name", "probability", "edibility"}, ...],  # top_k entries, best
+                                                    # first; the key stays "top5" whatever top_k is
+     "certainty": {"probability": float, "level": "high" | "medium" | "low"},
+     "verdict": "edible" | "not_edible" | "uncertain",
+     "reasons": [str, ...],                          # full sentences; the last one is REMINDER
+     "look_alikes": [{"name", "of_species", "edibility", "in_model", "note"}, ...]}
+look_alikes.edibility is the table's grade, or "unknown (not in the model)" for a look-alike
+outside the species table; in_model says whether the model can recognise it at all; note is the
+table's qualifier (e.g. "egg stage", "deadly") or "".
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from mushroom.species import DANGEROUS_GRADES, EDIBLE_GRADES, Species
+
+REMINDER = ("A photo is never enough to eat a wild mushroom: have every find identified in person "
+            "by an experienced mycologist or a mushroom inspector before eating any of it.")
+UNKNOWN_EDIBILITY = "unknown (not in the model)"
+VERDICTS = ("edible", "not_edible", "uncertain")
+JSON_KEYS = ("image", "top5", "certainty", "verdict", "reasons", "look_alikes")
+
+GRADE_MEANING = {
+    "choice": "edible and worth eating",
+    "edible": "edible",
+    "caution": "edible only with preparation, for example well cooked",
+    "inedible": "not worth eating",
+    "poisonous": "eating it causes poisoning",
+    "deadly": "eating it can kill",
+}
+
+# A probability vector is renormalised only when it is off by more than this (an int8 softmax
+# sums to 1 +- a few 1/256 steps); a vector that already sums to 1 keeps its exact values so that
+# a probability exactly at a threshold stays at it.
+_SUM_TOLERANCE = 1e-6
+
+
+@dataclass
+class Answer:
+    top: list[dict]              # species, common_name, probability, edibility, notes; best first
+    certainty: float             # calibrated top-1 probability
+    certainty_level: str         # high | medium | low
+    verdict: str                 # one of VERDICTS
+    reasons: list[str]           # full sentences, REMINDER last
+    look_alikes: list[dict] = field(default_factory=list)  # name, of_species, edibility, in_model, note
+    image: str | None = None
+
+    def to_json(self, image: str | None = None) -> dict:
+        """The documented JSON object (module docstring): exactly the keys JSON_KEYS."""
+        return {
+            "image": image if image is not None else self.image,
+            "top5": [{"species": t["species"], "common_name": t["common_name"],
+                      "probability": float(t["probability"]), "edibility": t["edibility"]}
+                     for t in self.top],
+            "certainty": {"probability": float(self.certainty), "level": self.certainty_level},
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "look_alikes": [dict(la) for la in self.look_alikes],
+        }
+
+
+# --- look-alikes ----------------------------------------------------------------------------------
+def parse_look_alikes(entries: Iterable[str]) -> list[tuple[str, str]]:
+    """Table entries -> [(scientific name, note)]. 'Amanita phalloides (egg stage)' ->
+    ('Amanita phalloides', 'egg stage'); 'X (not in list; deadly)' -> ('X', 'deadly'). Entries whose
+    parenthesis was split apart at a ';' by a CSV import ('X (not in list', 'deadly)') are joined
+    back first, so the qualifier is never mistaken for a species."""
+    merged: list[str] = []
+    for raw in entries:
+        text = str(raw).strip()
+        if not text:
+            continue
+        if merged and merged[-1].count("(") > merged[-1].count(")"):
+            merged[-1] = f"{merged[-1]}; {text}"
+        else:
+            merged.append(text)
+    out: list[tuple[str, str]] = []
+    for text in merged:
+        name, _, rest = text.partition("(")
+        qualifiers = [q.strip() for q in re.split(r"[;,]", rest.rstrip().rstrip(")"))]
+        note = "; ".join(q for q in qualifiers if q and q.lower() != "not in list")
+        name = " ".join(name.split())
+        if name:
+            out.append((name, note))
+    return out
+
+
+def look_alikes_of(species: Species, table: Sequence[Species]) -> list[tuple[str, str]]:
+    """The species' own look-alikes, then the species of the table that list it as theirs
+    (confusion goes both ways: the death cap lists none, but three species list the death cap)."""
+    found = list(parse_look_alikes(species.look_alikes))
+    seen = {name for name, _ in found} | {species.name}
+    for other in table:
+        if other.name not in seen and any(n == species.name for n, _ in parse_look_alikes(other.look_alikes)):
+            found.append((other.name, ""))
+            seen.add(other.name)
+    return [(n, note) for n, note in found if n != species.name]
+
+
+def _resolve(name: str, note: str, of: Species, table: Mapping[str, Species],
+             classes: Mapping[str, int]) -> dict:
+    known = table.get(name)
+    return {"name": name, "of_species": of.name,
+            "edibility": known.edibility if known else UNKNOWN_EDIBILITY,
+            "in_model": name in classes, "note": note}
+
+
+def _is_risky(look_alike: dict) -> bool:
+    return look_alike["edibility"] in DANGEROUS_GRADES or look_alike["edibility"] == UNKNOWN_EDIBILITY
+
+
+# --- wording --------------------------------------------------------------------------------------
+def _threshold(t: float) -> str:
+    return f"{100 * t:g}%"
+
+
+def _pct(p: float, near: float | None = None) -> str:
+    """'95.0%'; with more decimals when one decimal would print a probability just off a
+    threshold as the threshold itself ('89.99%' rather than '90.0%, below 90%')."""
+    for decimals in range(1, 7):
+        text = f"{100 * p:.{decimals}f}"
+        if near is None or p == near or text != f"{100 * near:.{decimals}f}":
+            break
+    return text + "%"
+
+
+def _label(s: Species) -> str:
+    return f"{s.name} ({s.common_name})" if s.common_name else s.name
+
+
+def _grade_sentence(s: Species) -> str:
+    if s.edibility == "caution":
+        return f"{s.name} is graded caution: {s.notes or GRADE_MEANING['caution']}."
+    return f"{s.name} is graded {s.edibility}: {GRADE_MEANING[s.edibility]}."
+
+
+def _note_sentence(s: Species) -> list[str]:
+    if s.notes and s.edibility != "caution":  # a caution note is already in the grade sentence
+        return [f"The species table adds for {s.name}: {s.notes}."]
+    return []
+
+
+def _look_alike_sentence(la: dict, of: Species, table: Mapping[str, Species],
+                         probs_by_name: Mapping[str, float]) -> str:
+    name = la["name"] + (f" ({la['note']})" if la["note"] else "")
+    known = table.get(la["name"])
+    if known is None:
+        return (f"{of.name} has a look-alike, {name}, that is not in the species table, so the "
+                f"model cannot rule it out; check for it in person before eating.")
+    desc = f"{name}, {known.common_name}, graded {known.edibility}"
+    if not la["in_model"]:
+        return (f"{of.name} has a dangerous look-alike, {desc}, that this model was not trained "
+                f"on, so it cannot rule it out; check for it in person before eating.")
+    return (f"{of.name} has a dangerous look-alike, {desc}, to which the model gives "
+            f"{_pct(probs_by_name[la['name']])}; rule it out in person before eating.")
+
+
+# --- the verdict ----------------------------------------------------------------------------------
+def _check_probs(probs: Any, n_classes: int) -> np.ndarray:
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim == 2 and p.shape[0] == 1:
+        p = p[0]
+    if p.ndim != 1 or p.shape[0] != n_classes:
+        raise ValueError(f"expected {n_classes} class probabilities (one per species), got shape {p.shape}")
+    if not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
+        raise ValueError("probabilities must be finite, non-negative and not all zero")
+    total = p.sum()
+    return p / total if abs(total - 1.0) > _SUM_TOLERANCE else p
+
+
+def certainty_level(p: float, predict_cfg: Mapping) -> str:
+    if p >= predict_cfg["edible_threshold"]:
+        return "high"
+    if p >= predict_cfg["not_edible_threshold"]:
+        return "medium"
+    return "low"
+
+
+def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
+           all_species: Sequence[Species] | None = None, image: str | None = None) -> Answer:
+    """The answer for one photo. `probs` (C,): calibrated class probabilities in the order of
+    `species` (the model's classes); `predict_cfg`: cfg.predict (top_k, edible_threshold,
+    danger_threshold, not_edible_threshold); `all_species`: the full species table, so that
+    look-alikes outside the model's classes still get their grade (defaults to `species`)."""
+    p = _check_probs(probs, len(species))
+    top_k = int(predict_cfg["top_k"])
+    edible_t = float(predict_cfg["edible_threshold"])
+    danger_t = float(predict_cfg["danger_threshold"])
+    not_edible_t = float(predict_cfg["not_edible_threshold"])
+    table_list = list(all_species) if all_species is not None else list(species)
+    table = {s.name: s for s in table_list}
+    for s in species:  # a model's classes always count as known, even if the table lacks them
+        table.setdefault(s.name, s)
+    classes = {s.name: i for i, s in enumerate(species)}
+    probs_by_name = {s.name: float(p[i]) for i, s in enumerate(species)}
+
+    # Stable sort: equal probabilities keep class order, the same tie rule as np.argmax.
+    order = np.argsort(-p, kind="stable")
+    top = [{"species": species[i].name, "common_name": species[i].common_name,
+            "probability": float(p[i]), "edibility": species[i].edibility,
+            "notes": species[i].notes} for i in order[:top_k]]
+    best, p1 = species[order[0]], float(p[order[0]])
+
+    # Look-alikes of the top-1 species and of every listed species holding meaningful probability
+    # (> danger_threshold): those of a 0.1% species would bury the ones that matter.
+    look_alikes = []
+    for rank, i in enumerate(order[:top_k]):
+        if rank > 0 and p[i] <= danger_t:
+            continue
+        for name, note in look_alikes_of(species[i], table_list):
+            look_alikes.append(_resolve(name, note, species[i], table, classes))
+    best_risky = [la for la in look_alikes if la["of_species"] == best.name and _is_risky(la)]
+
+    blockers = [(species[i], float(p[i])) for i in order[1:]
+                if species[i].is_dangerous and p[i] > danger_t]
+
+    reasons: list[str] = []
+    if best.is_edible and p1 >= edible_t and not blockers:
+        verdict = "edible"
+        reasons.append(f"The most likely species is {_label(best)} with a calibrated probability of "
+                       f"{_pct(p1, edible_t)}, at or above the {_threshold(edible_t)} needed before "
+                       f"a mushroom may be called edible.")
+        reasons.append(_grade_sentence(best))
+        reasons.extend(_note_sentence(best))
+        reasons.append(f"No poisonous or deadly species holds more than {_threshold(danger_t)} "
+                       f"probability.")
+        reasons.extend(_look_alike_sentence(la, best, table, probs_by_name) for la in best_risky)
+    elif not best.is_edible and p1 >= not_edible_t:
+        verdict = "not_edible"
+        reasons.append(f"The most likely species is {_label(best)} with a calibrated probability of "
+                       f"{_pct(p1, not_edible_t)}, at or above the {_threshold(not_edible_t)} needed "
+                       f"to say with confidence that it is not edible.")
+        reasons.append(_grade_sentence(best))
+        reasons.extend(_note_sentence(best))
+        reasons.append(f"Do not eat this mushroom: the model recognises a species that is "
+                       f"{best.edibility}.")
+    else:
+        verdict = "uncertain"
+        if best.is_edible and p1 < edible_t:
+            reasons.append(f"The most likely species, {_label(best)}, graded {best.edibility}, has a "
+                           f"calibrated probability of only {_pct(p1, edible_t)}, below the "
+                           f"{_threshold(edible_t)} needed before a mushroom may be called edible.")
+        elif best.is_edible:
+            reasons.append(f"The most likely species, {_label(best)}, graded {best.edibility}, has a "
+                           f"calibrated probability of {_pct(p1, edible_t)}, but a poisonous or "
+                           f"deadly species holds too much probability to rule it out.")
+        else:
+            reasons.append(f"The most likely species, {_label(best)}, graded {best.edibility}, has a "
+                           f"calibrated probability of only {_pct(p1, not_edible_t)}, below the "
+                           f"{_threshold(not_edible_t)} needed to name it with confidence.")
+        for s, q in blockers:
+            reasons.append(f"{_label(s)}, graded {s.edibility}, holds {_pct(q, danger_t)} "
+                           f"probability, above the {_threshold(danger_t)} that rules out calling "
+                           f"this mushroom edible.")
+        reasons.append("Do not eat this mushroom: the model is not certain enough to call it edible.")
+    reasons.append(REMINDER)
+
+    return Answer(top=top, certainty=p1, certainty_level=certainty_level(p1, predict_cfg),
+                  verdict=verdict, reasons=reasons, look_alikes=look_alikes, image=image)
+
+
+# --- human-readable text --------------------------------------------------------------------------
+def _edibility_text(grade: str, notes: str) -> str:
+    if grade == "caution" and notes:
+        return f"caution: {notes}"
+    if grade == "choice":
+        return "choice (edible and worth eating)"
+    return grade
+
+
+_VERDICT_TEXT = {"edible": "EDIBLE", "not_edible": "NOT EDIBLE", "uncertain": "UNCERTAIN - DO NOT EAT"}
+
+
+def format_text(answer: Answer, image_name: str | None = None) -> str:
+    """The multi-line answer a person reads: the top species table, certainty, VERDICT, reasons,
+    look-alikes and the reminder."""
+    image = image_name if image_name is not None else (answer.image or "photo")
+    rows = [("#", "Species", "Common name", "Probability", "Edibility")]
+    for rank, t in enumerate(answer.top, 1):
+        rows.append((str(rank), t["species"], t["common_name"], _pct(t["probability"]),
+                     _edibility_text(t["edibility"], t.get("notes", ""))))
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    lines = [f"{image}"]
+    for r in rows:
+        lines.append("  " + "  ".join([r[0].rjust(widths[0]), r[1].ljust(widths[1]),
+                                       r[2].ljust(widths[2]), r[3].rjust(widths[3]), r[4]]).rstrip())
+    lines.append(f"Certainty: {_pct(answer.certainty)} ({answer.certainty_level})")
+    lines.append(f"Verdict: {_VERDICT_TEXT[answer.verdict]}")
+    lines.append("Reasons:")
+    lines.extend(f"  - {r}" for r in answer.reasons if r != REMINDER)
+    if answer.look_alikes:
+        lines.append("Look-alikes:")
+        for la in answer.look_alikes:
+            note = f" ({la['note']})" if la["note"] else ""
+            lines.append(f"  - {la['name']}{note}, look-alike of {la['of_species']}: {la['edibility']}")
+    lines.append(REMINDER)
+    return "\n".join(lines) + "\n"
+
