@@ -21,6 +21,8 @@ from mushroom.errors import UserError
 # Decompression bombs are refused, but real camera photos (up to ~100 MP) are fine.
 Image.MAX_IMAGE_PIXELS = 180_000_000
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
 
 class BadImage(UserError):
     """The bytes are not a complete, decodable image."""

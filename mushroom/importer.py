@@ -17,12 +17,10 @@ from pathlib import Path
 
 from mushroom.config import Config
 from mushroom.errors import UserError
-from mushroom.images import BadImage, atomic_write, decode, describe_bytes, remove_partials
+from mushroom.images import IMAGE_SUFFIXES, BadImage, atomic_write, decode, describe_bytes, remove_partials
 from mushroom.manifest import counts_table, manifest_path, read_manifest, write_manifest
 from mushroom.species import Species, all_species, by_folder, folder_name, selected_species
 from mushroom.splits import assign_splits
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 @dataclass

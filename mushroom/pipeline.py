@@ -1,0 +1,164 @@
+"""The whole study as one command: download -> train EfficientNetV2 -> train the ResNet baseline ->
+QAT and export -> evaluate -> README results -> one predict example.
+
+Each stage is the user-facing script run in a child process (so a stage's memory is returned to
+the system before the next starts and the numbers below are per stage), skipped when its outputs
+are already complete unless --force. A failing stage stops the run and is named.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from mushroom.config import PROJECT_ROOT, Config
+from mushroom.errors import UserError
+from mushroom.manifest import manifest_path, read_manifest
+from mushroom.modelio import META_FILE, MODEL_FILE, TFLITE_DIR
+
+# Any Keras application weight file: if this answers, ImageNet weights can be downloaded.
+IMAGENET_PROBE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+BANNER = "!" * 100
+
+
+@dataclass
+class Stage:
+    name: str
+    argv: list[str]
+    done: Callable[[], bool]
+    seconds: float | None = None
+    peak_rss_gb: float | None = None
+    status: str = "pending"   # pending | skipped | ok | failed
+
+
+@dataclass
+class PipelineRun:
+    stages: list[Stage] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        lines = [f"{'stage':24s}{'status':>10s}{'wall s':>10s}{'peak GB':>10s}"]
+        for s in self.stages:
+            wall = f"{s.seconds:.0f}" if s.seconds is not None else "-"
+            rss = f"{s.peak_rss_gb:.2f}" if s.peak_rss_gb is not None else "-"
+            lines.append(f"{s.name:24s}{s.status:>10s}{wall:>10s}{rss:>10s}")
+        return "\n".join(lines)
+
+
+def imagenet_reachable(timeout: float = 5.0) -> bool:
+    try:
+        urllib.request.urlopen(urllib.request.Request(IMAGENET_PROBE_URL, method="HEAD"), timeout=timeout)
+        return True
+    except urllib.error.HTTPError:
+        return True   # the host answered (403/404 on the folder): downloads would work
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _data_complete(data_dir: Path) -> bool:
+    rows = read_manifest(manifest_path(data_dir), missing_ok=True)
+    return bool(rows) and all((data_dir / r["path"]).is_file() for r in rows)
+
+
+def _model_complete(folder: Path) -> bool:
+    return (folder / META_FILE).is_file() and (folder / MODEL_FILE).is_file()
+
+
+def _quantized(folder: Path, formats: list[str]) -> bool:
+    return (folder / "quantize.json").is_file() and all(
+        (folder / TFLITE_DIR / f"{f}.tflite").is_file() for f in formats)
+
+
+def _newer(target: Path, sources: list[Path]) -> bool:
+    if not target.is_file():
+        return False
+    stamps = [p.stat().st_mtime for src in sources if src.exists()
+              for p in ([src] if src.is_file() else src.rglob("*")) if p.is_file()]
+    return all(target.stat().st_mtime >= s for s in stamps)
+
+
+def plan(cfg: Config, config_path: str, overrides: list[str], from_folder: str | None,
+         group_column: str | None, force: bool) -> list[Stage]:
+    py = sys.executable
+    common = ["--config", config_path] + [a for ov in overrides for a in ("--set", ov)]
+    data_dir = Path(cfg.paths.data_dir)
+    models_dir = Path(cfg.paths.models_dir)
+    reports_dir = Path(cfg.paths.reports_dir)
+    effnet = models_dir / f"{cfg.experiment}-{cfg.model.name}"
+    resnet = models_dir / f"{cfg.experiment}-resnet50"
+    variant = cfg.model.name.rsplit("_", 1)[-1] if cfg.model.name.startswith("efficientnet_v2_") else "m"
+    download = [py, "download_data.py", *common]
+    if from_folder:
+        download += ["--from-folder", from_folder] + (["--group-column", group_column] if group_column else [])
+    formats = list(cfg.quantize.formats)
+    force_flag = ["--force"] if force else []
+    stages = [
+        Stage("download", download, lambda: _data_complete(data_dir) and not force),
+        Stage("train EfficientNetV2", [py, "train_efficientnet_v2.py", "--variant", variant, *common],
+              lambda: _model_complete(effnet) and not force),
+        Stage("train ResNet50 head", [py, "train_resnet_baseline.py", *common],
+              lambda: _model_complete(resnet) and not force),
+        Stage("quantize EfficientNetV2", [py, "quantize_qat.py", str(effnet), *common, *force_flag],
+              lambda: _quantized(effnet, formats) and not force),
+        Stage("quantize ResNet50", [py, "quantize_qat.py", str(resnet), *common, *force_flag],
+              lambda: _quantized(resnet, formats) and not force),
+        Stage("evaluate", [py, "evaluate.py", str(effnet), str(resnet), *common],
+              lambda: _newer(reports_dir / "metrics.json", [effnet, resnet, data_dir / "manifest.csv"]) and not force),
+        Stage("README results", [py, "update_results.py", *common], lambda: False),
+    ]
+    example = sorted((data_dir / "test").rglob("*.jpg"))
+    if example:
+        stages.append(Stage("predict example", [py, "predict.py", str(example[0]), *common], lambda: False))
+    return stages
+
+
+def run_stage(stage: Stage) -> int:
+    print(f"\n=== {stage.name}: {shlex.join(stage.argv[1:])}", flush=True)
+    start = time.perf_counter()
+    proc = subprocess.Popen(stage.argv, cwd=PROJECT_ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stage.seconds = time.perf_counter() - start
+    stage.peak_rss_gb = usage.ru_maxrss / 1024 ** 2   # Linux reports KiB
+    stage.status = "ok" if proc.returncode == 0 else "failed"
+    return proc.returncode
+
+
+def run_pipeline(cfg: Config, config_path: str, overrides: list[str], from_folder: str | None = None,
+                 group_column: str | None = None, force: bool = False) -> PipelineRun:
+    overrides = list(overrides)
+    run = PipelineRun()
+    if cfg.model.weights == "imagenet" and not imagenet_reachable():
+        overrides.append("model.weights=null")
+        msg = ("ImageNet weights cannot be downloaded here, so every model TRAINS FROM SCRATCH "
+               "(model.weights=null): the results measure the pipeline and quantization, not the best "
+               "achievable accuracy. With internet, or model.weights=<local file>, rerun with --force.")
+        print(f"{BANNER}\n{msg}\n{BANNER}", flush=True)
+        run.notes.append(msg)
+    run.stages = plan(cfg, config_path, overrides, from_folder, group_column, force)
+    for stage in run.stages:
+        if stage.done():
+            stage.status = "skipped"
+            print(f"\n=== {stage.name}: outputs complete, skipped (--force redoes it)", flush=True)
+            continue
+        code = run_stage(stage)
+        if code != 0:
+            print(f"\n{run.table()}", flush=True)
+            raise UserError(f"stage '{stage.name}' failed (exit {code}); its message is above. Fix it and "
+                            "rerun the same command: completed stages are skipped")
+    print(f"\n{run.table()}", flush=True)
+    reports = Path(cfg.paths.reports_dir)
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "pipeline.json").write_text(json.dumps(
+        {"stages": [{"name": s.name, "status": s.status, "seconds": s.seconds, "peak_rss_gb": s.peak_rss_gb}
+                    for s in run.stages], "notes": run.notes,
+         "peak_rss_gb_self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}, indent=2))
+    return run

@@ -1,0 +1,63 @@
+import csv
+import io
+
+import numpy as np
+
+from mushroom.evaluation import CONTRACT_KEYS, add_degradation
+from mushroom.reporting import README_BEGIN, README_END, csv_table, markdown_table, results_block, update_readme, write_reports
+
+
+def _entries():
+    base = {k: 0.5 for k in CONTRACT_KEYS}
+    out = []
+    for fmt, top1, size, lat in [("keras", 0.40, 24.0, 12.0), ("ptq_int8", 0.38, 7.2, 3.0), ("qat_int8", 0.41, 7.2, 2.9)]:
+        e = dict(base, model="demo-b0", format=fmt, top1=top1, size_mb=size, latency_ms_median=lat,
+                 threads=1, n_test=10, dangerous_error=float("nan") if fmt == "keras" else 0.1, weights=None)
+        out.append(e)
+    add_degradation(out)
+    return out
+
+
+def test_degradation_is_relative_to_the_float_reference():
+    e = {x["format"]: x for x in _entries()}
+    assert e["keras"]["delta_top1"] == 0.0
+    assert abs(e["ptq_int8"]["delta_top1"] - (-0.02)) < 1e-12
+    assert abs(e["qat_int8"]["delta_top1"] - 0.01) < 1e-12
+    assert e["ptq_int8"]["delta_dangerous_error"] is None  # NaN reference: no delta, not a number
+    assert all(x["reference_format"] == "keras" for x in e.values())
+
+
+def test_tables_render_every_entry_and_missing_values():
+    entries = _entries()
+    md = markdown_table(entries)
+    lines = md.splitlines()
+    assert len(lines) == 2 + 3
+    assert "| demo-b0 | qat_int8 | 0.410 |" in md
+    assert "–" in lines[2]  # the NaN dangerous error of the keras row
+    rows = list(csv.DictReader(io.StringIO(csv_table(entries))))
+    assert [r["format"] for r in rows] == ["keras", "ptq_int8", "qat_int8"]
+    assert float(rows[1]["size_mb"]) == 7.2
+
+
+def test_plots_and_readme_block(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 40)
+    probs = {f: rng.dirichlet(np.ones(4), 40) for f in ("keras", "qat_int8")}
+    arrays = {"demo-b0": {"labels": labels, "probs": probs, "class_names": list("abcd")}}
+    plots = write_reports(_entries(), arrays, tmp_path, 15)
+    names = sorted(p.name for p in plots)
+    assert names == ["confusion_demo-b0_keras.png", "confusion_demo-b0_qat_int8.png", "reliability_demo-b0.png",
+                     "risk_coverage_demo-b0.png", "tradeoff.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+    assert (tmp_path / "comparison.md").read_text().startswith("| model | format |")
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{README_BEGIN}\nold\n{README_END}\n\ntail\n")
+    block = results_block(_entries(), "make demo DATA=x")
+    assert update_readme(readme, block)
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("\ntail\n") and "`make demo DATA=x`" in text
+    assert "trained from scratch" in text and "| demo-b0 | ptq_int8 |" in text
+    assert update_readme(readme, block) and readme.read_text() == text  # idempotent
+    (tmp_path / "plain.md").write_text("no markers")
+    assert not update_readme(tmp_path / "plain.md", block)
