@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mushroom import cli
 from mushroom.config import parse
-from mushroom.evaluation import FORMATS, evaluate_all, find_model_folders
+from mushroom.evaluation import FORMATS, evaluate_all, find_model_folders, log_to_wandb
 
 
 def main(argv=None) -> int:
@@ -26,9 +26,7 @@ def main(argv=None) -> int:
     data_dir = Path(args.data_dir or cfg.paths.data_dir)
     reports_dir = Path(args.reports_dir or cfg.paths.reports_dir)
     entries, extras = evaluate_all(cfg, folders, data_dir, reports_dir, args.formats)
-    from mushroom import tracking
-
-    tracking.log_evaluation(cfg, entries, extras, reports_dir)
+    log_to_wandb(cfg, entries, extras, reports_dir, data_dir)
     print(f"wrote {reports_dir / 'metrics.json'} ({len(entries)} model x format entries), "
           f"{reports_dir / 'comparison.md'} and {len(extras['plots'])} plots")
     return 0

@@ -224,3 +224,35 @@ def evaluate_all(cfg: Config, folders: list[Path], data_dir: Path, reports_dir: 
     plots = write_reports(entries, arrays_by_model, reports_dir, cfg.evaluate.ece_bins)
     save_resolved(cfg, reports_dir)
     return entries, {"plots": plots, "arrays": arrays_by_model}
+
+
+def log_to_wandb(cfg: Config, entries: list[dict], extras: dict, reports_dir: Path, data_dir: Path,
+                 samples: int = 16) -> None:
+    """The evaluation run in W&B: per model x format summaries, the comparison table, the plots,
+    and a table of sample test photos with prediction, truth and the photo's attribution."""
+    from mushroom import tracking
+
+    run = tracking.start_run(cfg, "evaluate", name=f"{cfg.experiment}-evaluate")
+    if run is None or run.settings.mode == "disabled":
+        tracking.finish(run)
+        return
+    import wandb
+
+    safe = metrics.json_safe(entries)
+    for e in safe:
+        for k, v in e.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                run.summary[f"{e['model']}/{e['format']}/{k}"] = v
+    columns = sorted({k for e in safe for k in e})
+    run.log({"comparison": wandb.Table(columns=columns, data=[[e.get(c) for c in columns] for e in safe])})
+    run.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in extras["plots"]})
+    table = wandb.Table(columns=["model", "format", "image", "truth", "prediction", "probability", "attribution"])
+    for model, arrays in extras["arrays"].items():
+        fmt, probs = next(iter(arrays["probs"].items()))
+        for i, row in enumerate(arrays["rows"][:samples]):
+            pred = int(probs[i].argmax())
+            table.add_data(model, fmt, wandb.Image(str(data_dir / row["path"])), row["species"],
+                           arrays["class_names"][pred], float(probs[i, pred]), row["attribution"] or row["url"])
+    run.log({"samples": table})
+    tracking.log_artifact(run, reports_dir, f"{cfg.experiment}-reports", "reports")
+    tracking.finish(run)

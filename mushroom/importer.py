@@ -139,6 +139,7 @@ def import_folder(cfg: Config, source_dir: str | os.PathLike, group_column: str 
         seen_sha.add(sha)
         photos.append((species, _photo_id(file), group, data, file, sha, width, height))
 
+    photos = _cap_per_species(photos, cfg.data.max_photos_per_species, cfg.seed, report)
     sizes = Counter((sp.name, group) for sp, _, group, *_ in photos)
     fixed = {}
     for sp, pid, group, *_ in photos:
@@ -179,6 +180,30 @@ def import_folder(cfg: Config, source_dir: str | os.PathLike, group_column: str 
         write_manifest(mpath, new_rows)
     report.rows = rows
     return report
+
+
+def _cap_per_species(photos: list[tuple], cap: int, seed: int, report: ImportReport) -> list[tuple]:
+    """At most `cap` photos per species (data.max_photos_per_species), taken whole group by whole
+    group in a seeded order, so the cap never splits a burst of one mushroom more than once."""
+    import random
+
+    by_species: dict[str, dict[str, list[tuple]]] = {}
+    for p in photos:
+        by_species.setdefault(p[0].name, {}).setdefault(p[2], []).append(p)
+    kept = []
+    for name, groups in by_species.items():
+        order = sorted(groups)
+        random.Random(f"{seed}:cap:{name}").shuffle(order)
+        taken: list[tuple] = []
+        for g in order:
+            if len(taken) >= cap:
+                break
+            taken += groups[g][: cap - len(taken)]
+        if len(taken) < sum(len(v) for v in groups.values()):
+            report.notes.append(f"{name}: kept {len(taken)} of {sum(len(v) for v in groups.values())} photos "
+                                f"(data.max_photos_per_species={cap})")
+        kept += taken
+    return kept
 
 
 def _normalise(rows: list[dict]) -> list[tuple]:

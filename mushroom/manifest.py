@@ -62,13 +62,14 @@ def counts_table(rows: list[dict], extra: dict[str, dict[str, int]] | None = Non
     species = sorted(set(per) | {s for col in extra.values() for s in col})
     cols = list(SPLITS) + ["total"] + list(extra)
     width = max([len("species"), len("total")] + [len(s) for s in species])
-    lines = ["species".ljust(width) + "".join(f"{c:>10}" for c in cols)]
+    widths = [max(8, len(c)) + 2 for c in cols]
+    lines = ["species".ljust(width) + "".join(f"{c:>{w}}" for c, w in zip(cols, widths))]
     totals = Counter()
     for s in species:
         vals = [per[s][sp] for sp in SPLITS]
         vals.append(sum(vals))
         vals += [extra[c].get(s, 0) for c in extra]
         totals.update(dict(zip(cols, vals)))
-        lines.append(s.ljust(width) + "".join(f"{v:>10}" for v in vals))
-    lines.append("total".ljust(width) + "".join(f"{totals[c]:>10}" for c in cols))
+        lines.append(s.ljust(width) + "".join(f"{v:>{w}}" for v, w in zip(vals, widths)))
+    lines.append("total".ljust(width) + "".join(f"{totals[c]:>{w}}" for c, w in zip(cols, widths)))
     return "\n".join(lines)

@@ -123,3 +123,18 @@ def test_shared_photos_import_keeps_date_groups_together(cfg, tmp_path):
     counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
     assert 0.6 < counts["train"] / 1275 < 0.8 and counts["val"] > 100 and counts["test"] > 100
     assert report.added == 1275
+
+
+def test_cap_per_species_takes_whole_groups_first(photo_folder, tmp_path):
+    from mushroom.config import load_config
+
+    capped = load_config(None, ["data.max_photos_per_species=7"])
+    report = import_folder(capped, photo_folder, "date", tmp_path / "data")
+    rows = read_manifest(tmp_path / "data" / "manifest.csv")
+    per_species = defaultdict(list)
+    for r in rows:
+        per_species[r["species"]].append(r["observation_id"])
+    assert all(len(v) == 7 for v in per_species.values())
+    # groups of 3 photos: 7 = two whole groups + one photo of a third
+    assert all(sorted(__import__("collections").Counter(v).values()) == [1, 3, 3] for v in per_species.values())
+    assert "kept 7 of 12 photos" in report.summary()
