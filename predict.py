@@ -39,7 +39,8 @@ def main(argv=None) -> int:
             answer = forager.answer(photo)
         except UserError as exc:
             failed += 1
-            print(f"error: {photo}: {exc}", file=sys.stderr)
+            msg = str(exc)
+            print(f"error: {msg if str(photo) in msg else f'{photo}: {msg}'}", file=sys.stderr)
             continue
         if args.json:
             print(json.dumps(answer.to_json(str(photo)), ensure_ascii=False), flush=True)

@@ -1,0 +1,388 @@
+"""Two-stage training of a registry model on the manifest's photos, written as a model folder.
+
+    folder = train(cfg, "data", "models")          # -> models/<experiment>-<model.name>/
+
+Stage 1 trains the head with the whole backbone frozen (cfg.train.stage1). Stage 2 (skipped when
+cfg.train.stage2.epochs is 0, as in the ResNet head-only baseline) makes the top
+cfg.train.stage2.unfreeze_fraction of the backbone's layers trainable, BatchNormalization excepted
+(its statistics stay as loaded: small fine-tuning batches would ruin them), and recompiles at the
+stage-2 learning rate. From scratch (model.weights null) both stages train every layer: there
+is nothing pretrained to protect, and a frozen random backbone teaches the head nothing. Each stage: Adam, cross-entropy with label smoothing, cosine decay or a
+constant rate over the stage (cfg.train.schedule).
+
+Best checkpoint and early stopping share one criterion: higher val accuracy, ties broken by lower
+val loss (val accuracy is what is reported; on a small val split it often ties). The best weights
+of both stages together are kept in memory and restored at the end, so a stage 2 that never beats
+stage 1 leaves stage 1's model. A stage stops after cfg.train.early_stopping_patience epochs
+without a new best.
+
+Seeds: keras.utils.set_random_seed(cfg.seed); on CPU-only machines op determinism is enabled too
+(cheap there; on GPUs it costs speed and some kernels refuse it, so it is left off), which makes a
+rerun repeat its losses exactly. The saved model has every layer trainable again: the freezing is
+a training-time choice, and the next stage (QAT) decides its own.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from mushroom import dataset, models, modelio, tracking
+from mushroom.config import Config, add_config_args, load_config, save_resolved
+from mushroom.errors import UserError
+from mushroom.keras_env import keras, tf
+from mushroom.manifest import manifest_path, read_manifest
+
+MONITOR = "val_accuracy"
+
+
+# --- reproducibility and devices -------------------------------------------------------------------
+def seed_everything(seed: int) -> bool:
+    """Seed Python, NumPy and TensorFlow; enable op determinism on CPU-only machines. Returns
+    whether op determinism is on."""
+    keras.utils.set_random_seed(seed)
+    if not tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.enable_op_determinism()
+        return True
+    return False
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """default: one device; mirrored: every GPU (else every logical CPU) of this host;
+    multi_worker: MultiWorkerMirroredStrategy, hosts described by the TF_CONFIG environment variable."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        if tf.config.list_logical_devices("GPU"):
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise UserError(f"unknown train.strategy '{name}': choose default, mirrored or multi_worker")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Only one worker of a multi-worker run writes the model folder and logs to W&B."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    spec = resolver.cluster_spec().as_dict()
+    if resolver.task_type == "chief":
+        return True
+    return "chief" not in spec and resolver.task_type == "worker" and resolver.task_id == 0
+
+
+# --- freezing ---------------------------------------------------------------------------------------
+def freeze_for_stage(model: keras.Model, stage: int, unfreeze_fraction: float = 0.0,
+                     from_scratch: bool = False) -> list[str]:
+    """Set trainable flags for a stage; returns the names of the trainable backbone layers.
+
+    Stage 1: backbone frozen, head trainable. Stage 2: the top `unfreeze_fraction` of the backbone's
+    layers (graph order) trainable, except BatchNormalization, which stays frozen (inference mode).
+    From scratch (model.weights null) every layer trains in both stages, batch norm included: a
+    frozen random backbone gives features no head can use (measured: val top-1 stuck at the
+    majority-class rate), and random-init batch-norm statistics are nothing worth keeping."""
+    backbone = models.backbone_layers(model)
+    if from_scratch:
+        unfreeze_all(model)
+        return [layer.name for layer in backbone]
+    head = models.head_layer_names(model)
+    for layer in model.layers:
+        if layer.name in head:
+            layer.trainable = True
+    for layer in backbone:
+        layer.trainable = False
+    if stage == 1:
+        return []
+    n = round(unfreeze_fraction * len(backbone))
+    top = backbone[len(backbone) - n:] if n else []
+    opened = []
+    for layer in top:
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = True
+            opened.append(layer.name)
+    return opened
+
+
+def unfreeze_all(model: keras.Model) -> None:
+    for layer in model.layers:
+        layer.trainable = True
+
+
+# --- compile ----------------------------------------------------------------------------------------
+def learning_rate(schedule: str, rate: float, total_steps: int):
+    if schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(1, total_steps))
+    return rate
+
+
+def compile_model(model: keras.Model, lr, label_smoothing: float, num_classes: int) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                 keras.metrics.TopKCategoricalAccuracy(k=min(5, num_classes), name="top5")])
+
+
+# --- best checkpoint + early stopping ------------------------------------------------------------
+class BestKeeper(keras.callbacks.Callback):
+    """Keeps the best weights seen (val accuracy, ties -> lower val loss) across stages, in memory,
+    and stops a stage after `patience` epochs without a new best."""
+
+    def __init__(self, patience: int):
+        super().__init__()
+        self.patience = patience
+        self.best: tuple[float, float] | None = None
+        self.where: dict | None = None
+        self._values: list | None = None
+        self._variables: list | None = None
+        self.stage = 0
+        self._wait = 0
+
+    def start_stage(self, stage: int) -> None:
+        self.stage, self._wait = stage, 0
+
+    def _better(self, acc: float, loss: float) -> bool:
+        return self.best is None or acc > self.best[0] or (acc == self.best[0] and loss < self.best[1])
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        acc, loss = float(logs[MONITOR]), float(logs["val_loss"])
+        if self._better(acc, loss):
+            self.best = (acc, loss)
+            self.where = {"stage": self.stage, "epoch": epoch + 1, "val_accuracy": acc, "val_loss": loss}
+            # variables, not get_weights(): the model's weight order changes with trainable flags
+            self._variables = list(self.model.weights)
+            self._values = [v.numpy() for v in self._variables]
+            self._wait = 0
+        else:
+            self._wait += 1
+            if self._wait >= self.patience:
+                self.model.stop_training = True
+
+    def restore(self) -> None:
+        if self._variables is not None:
+            for var, value in zip(self._variables, self._values):
+                var.assign(value)
+
+
+class LearningRateLog(keras.callbacks.Callback):
+    """Adds the learning rate of the epoch's last step to the epoch logs."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        opt = self.model.optimizer
+        lr = opt.learning_rate
+        if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+            lr = lr(opt.iterations - 1)
+        if logs is not None:
+            logs["lr"] = float(keras.backend.get_value(lr))
+
+
+# --- training ---------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    model: keras.Model
+    class_names: list[str]
+    history: dict
+    best: dict | None
+    val: dataset.SplitData
+    n_train: int
+    seconds: float = 0.0
+    deterministic: bool = False
+    replicas: int = 1
+    chief: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def _verbose() -> int:
+    # a live progress bar on a terminal; one summary line per epoch in logs and pipes
+    return 1 if sys.stdout.isatty() else 2
+
+
+def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verbose: int | None = None) -> TrainResult:
+    """Build cfg.model and train it in two stages on data_dir's manifest; the best weights restored."""
+    start = time.time()
+    deterministic = seed_everything(cfg.seed)
+    rows = read_manifest(manifest_path(data_dir))
+    names = dataset.class_names(cfg, rows)
+    skipped = dataset.skipped_species(rows, names)
+    train_data = dataset.split_dataset(cfg, data_dir, "train", names, rows)
+    val_data = dataset.split_dataset(cfg, data_dir, "val", names, rows)
+    if not len(val_data):
+        raise UserError(f"the val split of {manifest_path(data_dir)} has no photos of the classes: early "
+                        "stopping and the best checkpoint need one; re-import with a non-zero data.split.val")
+    for name, data in (("training", train_data), ("validation", val_data)):
+        images, _ = next(iter(data.dataset))
+        dataset.check_pixel_range(images.numpy(), f"first {name} batch")
+    print(f"classes: {len(names)} ({', '.join(names)}); photos: {len(train_data)} train, {len(val_data)} val"
+          + (f"; left out (not a class with training photos): {sum(skipped.values())} photos of "
+             f"{len(skipped)} species" if skipped else ""), flush=True)
+
+    if cfg.train.stage1.epochs == 0 and cfg.train.stage2.epochs == 0:
+        raise UserError("train.stage1.epochs and train.stage2.epochs are both 0: nothing to train")
+    from_scratch = cfg.model.weights is None
+    if from_scratch:
+        print(f"*** model.weights is null: {cfg.model.name} trains FROM SCRATCH, so these numbers measure the "
+              "pipeline, not the best achievable accuracy (pretrained weights: model.weights=imagenet or a "
+              "weights file) ***", flush=True)
+
+    strategy = make_strategy(cfg.train.strategy)
+    with strategy.scope():
+        model = models.build_model(cfg.model.name, len(names), cfg.image.size, weights=cfg.model.weights,
+                                   dropout=cfg.model.dropout, hidden_units=cfg.model.hidden_units)
+    models.scaling_layer(model)  # the backbone's [0, 255] scaling must be the model's first layer
+
+    steps = math.ceil(len(train_data) / cfg.train.batch_size)
+    keeper = BestKeeper(cfg.train.early_stopping_patience)
+    epochs_done = 0
+    records: list[dict] = []
+    stages = []
+    verbose = _verbose() if verbose is None else verbose
+    for stage, scfg in ((1, cfg.train.stage1), (2, cfg.train.stage2)):
+        if scfg.epochs == 0:
+            continue
+        opened = freeze_for_stage(model, stage, cfg.train.stage2.unfreeze_fraction, from_scratch)
+        with strategy.scope():
+            compile_model(model, learning_rate(cfg.train.schedule, scfg.learning_rate, scfg.epochs * steps),
+                          cfg.train.label_smoothing, len(names))
+        trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
+        what = ("every layer (from scratch: nothing pretrained to keep frozen)" if from_scratch else
+                "head only, backbone frozen" if stage == 1 else
+                f"head + top {len(opened)} backbone layers (batch norm frozen)")
+        print(f"stage {stage}: {what}; {trainable:,} trainable parameters; up to {scfg.epochs} epochs at "
+              f"learning rate {scfg.learning_rate:g} ({cfg.train.schedule})", flush=True)
+        keeper.start_stage(stage)
+        hist = model.fit(train_data.dataset, validation_data=val_data.dataset, epochs=epochs_done + scfg.epochs,
+                         initial_epoch=epochs_done, verbose=verbose,
+                         callbacks=[LearningRateLog(), keeper, *callbacks])
+        ran = len(hist.epoch)
+        for i in range(ran):
+            records.append({"stage": stage, "epoch": epochs_done + i + 1, "stage_epoch": i + 1,
+                            **{k: float(v[i]) for k, v in hist.history.items()}})
+        stages.append({"stage": stage, "epochs_planned": scfg.epochs, "epochs_run": ran,
+                       "learning_rate": scfg.learning_rate, "schedule": cfg.train.schedule,
+                       "trainable_backbone_layers": opened, "trainable_parameters": trainable,
+                       "first_epoch": epochs_done + 1})
+        epochs_done += ran
+        keeper.restore()  # the next stage starts from the best weights so far
+    unfreeze_all(model)
+    history = {"monitor": f"{MONITOR} (ties: lower val_loss)", "best": keeper.where, "stages": stages,
+               "epochs": records}
+    return TrainResult(model, names, history, keeper.where, val_data, len(train_data), time.time() - start,
+                       deterministic, strategy.num_replicas_in_sync, is_chief(strategy), {"skipped_species": skipped})
+
+
+def predict(model: keras.Model, data: dataset.SplitData) -> np.ndarray:
+    return model.predict(data.dataset, verbose=0)
+
+
+def top1(probs: np.ndarray, labels: Sequence[int]) -> float:
+    return float(np.mean(np.argmax(probs, axis=1) == np.asarray(labels))) if len(labels) else float("nan")
+
+
+def build_meta(cfg: Config, run_name: str, result: TrainResult, val_top1: float) -> dict:
+    return {
+        "model_name": cfg.model.name,
+        "run_name": run_name,
+        "experiment": cfg.experiment,
+        "class_names": result.class_names,
+        "image_size": cfg.image.size,
+        "preprocessing": models.preprocessing_of(cfg.model.name),
+        "input_range": [0, 255],
+        "species": [s.to_dict() for s in dataset.class_species(cfg, result.class_names)],
+        "weights": cfg.model.weights,
+        "seed": cfg.seed,
+        "val_top1": val_top1,
+        "best": result.best,
+        "photos": {"train": result.n_train, "val": len(result.val)},
+        "train_seconds": round(result.seconds, 1),
+        "strategy": cfg.train.strategy,
+        "replicas": result.replicas,
+        "op_determinism": result.deterministic,
+    }
+
+
+def save_run(cfg: Config, folder: str | os.PathLike, model: keras.Model, meta: dict, history: dict) -> Path:
+    """Write the model folder completely under a temporary name, then swap it in: an interrupted run
+    never leaves a half-written folder, and files of an older model (e.g. its TFLite exports) never
+    sit beside a new model."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = folder.parent / f".partial-{folder.name}"
+    shutil.rmtree(partial, ignore_errors=True)
+    modelio.save_model_folder(partial, model, meta, history)
+    save_resolved(cfg, partial)
+    old = folder.parent / f".old-{folder.name}"
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(partial, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def default_run_name(cfg: Config) -> str:
+    return f"{cfg.experiment}-{cfg.model.name}"
+
+
+def train(cfg: Config, data_dir: str | os.PathLike, models_dir: str | os.PathLike, run_name: str | None = None) -> Path:
+    """Train cfg.model on data_dir and write models_dir/<run_name>/ (default run name:
+    '<experiment>-<model.name>'); logs to W&B (job_type train) per cfg.wandb. Returns the folder."""
+    run_name = run_name or default_run_name(cfg)
+    if not run_name.strip() or "/" in run_name or run_name.startswith("."):
+        raise UserError(f"run name {run_name!r} must be a plain folder name (no '/', not starting with '.')")
+    run = tracking.start_run(cfg, "train", name=run_name)
+    try:
+        result = fit(cfg, data_dir, callbacks=[tracking.epoch_logger(run)])
+        probs = predict(result.model, result.val)
+        val_top1 = top1(probs, result.val.labels)
+        meta = build_meta(cfg, run_name, result, val_top1)
+        chief = result.chief
+        target = Path(models_dir) / run_name if chief else Path(tempfile.mkdtemp()) / run_name
+        folder = save_run(cfg, target, result.model, meta, result.history)
+        tracking.log(run, {"val_top1": val_top1, "train_seconds": result.seconds})
+        if run is not None:
+            run.summary["val_top1"] = val_top1
+            run.summary["best"] = result.best
+        if chief:
+            tracking.log_artifact(run, folder, run_name, "model", aliases=["best", "latest"])
+        else:
+            shutil.rmtree(target.parent, ignore_errors=True)
+    except BaseException:
+        tracking.finish(run, exit_code=1)
+        raise
+    tracking.finish(run)
+    best = result.best or {}
+    print(f"saved {folder}: val top-1 {val_top1:.3f} (best at stage {best.get('stage')} epoch {best.get('epoch')}), "
+          f"{result.seconds:.0f} s", flush=True)
+    return folder
+
+
+# --- the training scripts' shared command line --------------------------------------------------------
+def argument_parser(description: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=None, help="photos + manifest.csv (default: config paths.data_dir)")
+    parser.add_argument("--run-name", default=None,
+                        help="folder under paths.models_dir (default: <experiment>-<model.name>)")
+    return parser
+
+
+def cli_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
+             forced_overrides: Callable[[argparse.Namespace], list[str]] = lambda args: []) -> int:
+    """Parse --config/--set (+ the script's own options), apply the script's forced overrides after
+    the user's (before validation, so the saved config shows them) and train."""
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, [*args.overrides, *forced_overrides(args)])
+    data_dir = Path(args.data_dir) if args.data_dir else Path(cfg.paths.data_dir)
+    train(cfg, data_dir, Path(cfg.paths.models_dir), run_name=args.run_name)
+    return 0

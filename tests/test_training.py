@@ -1,0 +1,170 @@
+"""Two-stage training on real photos with the tiny model: freezing, learning, reproducibility,
+the model folder contract, distribution, and the training scripts."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import yaml
+
+from mushroom import dataset, models, modelio, training
+from mushroom.config import PROJECT_ROOT
+from mushroom.keras_env import keras
+from mushroom.manifest import manifest_path, read_manifest
+from tests.datadirs import make_data_dir, tiny_cfg
+
+
+@pytest.fixture
+def data_dir(photo_folder, tmp_path):
+    return make_data_dir(photo_folder, tmp_path / "data")
+
+
+def test_from_scratch_every_layer_trains_in_both_stages():
+    model = models.build_model("tiny", 3, 32)
+    for stage in (1, 2):
+        opened = training.freeze_for_stage(model, stage, unfreeze_fraction=0.2, from_scratch=True)
+        assert all(l.trainable for l in model.layers)
+        assert opened == [l.name for l in models.backbone_layers(model)]
+
+
+def test_stage_freezing_keeps_batch_norm_and_lower_layers_frozen():
+    model = models.build_model("tiny", 3, 32)
+    backbone = models.backbone_layers(model)
+    assert training.freeze_for_stage(model, 1) == []
+    assert not any(l.trainable for l in backbone)
+    assert all(model.get_layer(n).trainable for n in models.head_layer_names(model))
+
+    opened = training.freeze_for_stage(model, 2, unfreeze_fraction=0.5)
+    n_top = round(0.5 * len(backbone))
+    top, lower = backbone[len(backbone) - n_top:], backbone[:len(backbone) - n_top]
+    assert opened == [l.name for l in top if not isinstance(l, keras.layers.BatchNormalization)]
+    assert opened and all(l.trainable for l in top if l.name in opened)
+    assert not any(l.trainable for l in lower)
+    assert not any(l.trainable for l in model.layers if isinstance(l, keras.layers.BatchNormalization))
+    assert any(isinstance(l, keras.layers.BatchNormalization) for l in top)  # the rule was exercised
+    # frozen BN does not move in training mode either
+    bn = model.get_layer("top_bn")
+    before = [w.copy() for w in bn.get_weights()]
+    training.compile_model(model, 1e-2, 0.1, 3)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    model.train_on_batch(x, keras.utils.to_categorical([0, 1, 2, 0], 3))
+    for a, b in zip(before, bn.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_loss_decreases_over_a_few_steps(data_dir):
+    cfg = tiny_cfg()
+    training.seed_everything(cfg.seed)
+    rows = read_manifest(manifest_path(data_dir))
+    names = dataset.class_names(cfg, rows)
+    images, labels = next(iter(dataset.split_dataset(cfg, data_dir, "train", names, rows, batch_size=18).dataset))
+    model = models.build_model("tiny", len(names), cfg.image.size)
+    training.compile_model(model, 1e-2, cfg.train.label_smoothing, len(names))
+    losses = [model.train_on_batch(images, labels)[0] for _ in range(15)]
+    assert losses[-1] < losses[0] - 0.05
+
+
+def test_same_seed_same_first_epoch_loss(data_dir):
+    cfg = tiny_cfg("train.stage2.epochs=0", "model.dropout=0.2")
+    first = [training.fit(cfg, data_dir, verbose=0).history["epochs"][0]["loss"] for _ in range(2)]
+    assert first[0] == first[1]
+    other = training.fit(tiny_cfg("train.stage2.epochs=0", "model.dropout=0.2", "seed=7"), data_dir, verbose=0)
+    assert other.history["epochs"][0]["loss"] != first[0]
+
+
+def test_saved_folder_reproduces_training_time_predictions(data_dir, tmp_path):
+    cfg = tiny_cfg()
+    result = training.fit(cfg, data_dir, verbose=0)
+    before = training.predict(result.model, result.val)
+    meta = training.build_meta(cfg, "run", result, training.top1(before, result.val.labels))
+    folder = training.save_run(cfg, tmp_path / "models" / "run", result.model, meta, result.history)
+    model, meta2 = modelio.load_model_folder(folder)
+    np.testing.assert_array_equal(model.predict(result.val.dataset, verbose=0), before)
+    assert meta2["class_names"] == result.class_names
+    assert models.scaling_layer(model).name == "rescaling"
+
+
+def test_train_writes_the_model_folder_contract(data_dir, tmp_path, capsys):
+    cfg = tiny_cfg("train.stage1.epochs=2", "train.stage2.epochs=2")
+    stale = tmp_path / "models" / "test-tiny" / "tflite"
+    stale.mkdir(parents=True)
+    (stale / "float32.tflite").write_bytes(b"old model")
+    folder = training.train(cfg, data_dir, tmp_path / "models")
+    assert folder == tmp_path / "models" / "test-tiny"  # <experiment>-<model.name>
+    assert sorted(p.name for p in folder.iterdir()) == ["config.resolved.yaml", "history.json", "meta.json",
+                                                         "model.keras"]  # the old model's exports are gone
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
+    out = capsys.readouterr().out
+    assert out.count("FROM SCRATCH") == 1
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["model_name"] == "tiny" and meta["run_name"] == "test-tiny"
+    assert meta["class_names"] == ["Amanita muscaria", "Hypholoma fasciculare", "Boletus edulis"]
+    assert [s["name"] for s in meta["species"]] == meta["class_names"]
+    assert meta["species"][0]["edibility"] == "poisonous"
+    assert meta["image_size"] == 64 and meta["input_range"] == [0, 255] and meta["preprocessing"] == "tiny"
+    assert meta["weights"] is None and meta["seed"] == 42 and meta["created"] and meta["versions"]["tensorflow"]
+    history = json.loads((folder / "history.json").read_text())
+    assert [e["stage"] for e in history["epochs"]][0] == 1 and history["epochs"][-1]["stage"] == 2
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr"} <= set(history["epochs"][0])
+    assert history["stages"][1]["trainable_backbone_layers"]
+    resolved = yaml.safe_load((folder / "config.resolved.yaml").read_text())
+    assert resolved["model"]["name"] == "tiny"
+    # the reloaded model scores exactly the val top-1 measured at the end of training
+    model, _ = modelio.load_model_folder(folder)
+    val = dataset.split_dataset(cfg, data_dir, "val", meta["class_names"])
+    assert training.top1(model.predict(val.dataset, verbose=0), val.labels) == meta["val_top1"]
+    assert all(l.trainable for l in model.layers)
+
+
+def test_resnet_script_trains_the_head_only(data_dir, tmp_path):
+    import train_resnet_baseline
+
+    models_dir = tmp_path / "models"
+    code = train_resnet_baseline.main([
+        "--data-dir", str(data_dir), "--run-name", "baseline",
+        "--set", "image.size=32", "--set", "model.weights=null", "--set", "train.batch_size=8",
+        "--set", "train.stage1.epochs=1", "--set", "train.stage2.epochs=5", "--set", "wandb.mode=disabled",
+        "--set", f"paths.models_dir={models_dir}"])
+    assert code == 0
+    resolved = yaml.safe_load((models_dir / "baseline" / "config.resolved.yaml").read_text())
+    assert resolved["model"]["name"] == "resnet50" and resolved["train"]["stage2"]["epochs"] == 0
+    history = json.loads((models_dir / "baseline" / "history.json").read_text())
+    assert {e["stage"] for e in history["epochs"]} == {1}
+
+
+def test_efficientnet_script_variant_sets_the_model_name(monkeypatch, tmp_path):
+    import train_efficientnet_v2
+
+    seen = {}
+    monkeypatch.setattr(training, "train", lambda cfg, data_dir, models_dir, run_name=None: seen.update(
+        cfg=cfg, data_dir=data_dir, run_name=run_name))
+    assert train_efficientnet_v2.main(["--variant", "s", "--set", "model.name=resnet50", "--run-name", "r1"]) == 0
+    assert seen["cfg"].model.name == "efficientnet_v2_s" and seen["run_name"] == "r1"
+    train_efficientnet_v2.main([])
+    assert seen["cfg"].model.name == "efficientnet_v2_m" and str(seen["data_dir"]) == "data"
+
+
+MIRRORED = textwrap.dedent("""
+    import sys
+    from mushroom.keras_env import tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    # logical devices must be configured before TensorFlow initialises its runtime
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from mushroom import training
+    from tests.datadirs import tiny_cfg
+    cfg = tiny_cfg("train.strategy=mirrored", "train.stage2.epochs=0", "train.batch_size=6")
+    result = training.fit(cfg, sys.argv[1], verbose=0)
+    print("REPLICAS", result.replicas, "LOSS", result.history["epochs"][0]["loss"])
+""")
+
+
+def test_mirrored_strategy_on_two_logical_cpus_trains(data_dir):
+    proc = subprocess.run([sys.executable, "-c", MIRRORED, str(data_dir)], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    words = proc.stdout.split("REPLICAS")[-1].split()
+    assert words[0] == "2" and np.isfinite(float(words[2]))
