@@ -50,3 +50,43 @@ def _make_photo_folder(root: Path, species: list[str], per_species: int) -> Path
 def photo_folder(tmp_path):
     """Three species x 12 photos, 4 date groups each."""
     return _make_photo_folder(tmp_path / "photos", ["Amanita muscaria", "Boletus edulis", "Hypholoma fasciculare"], 12)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory):
+    """A real, briefly trained 'tiny' model over three species of real photos (32 px), saved as a
+    model folder with float32 and ptq_int8 TFLite files, plus the data folder it was trained on."""
+    import json
+
+    from mushroom.importer import import_folder
+    from mushroom.modelio import save_model_folder
+    from mushroom.models import build_model
+    from mushroom.quantization import convert, load_split
+    from mushroom.species import selected_species
+
+    root = tmp_path_factory.mktemp("tiny")
+    photos = _make_photo_folder(root / "photos", ["Amanita muscaria", "Boletus edulis", "Macrolepiota procera"], 12)
+    cfg = load_config(None, ["wandb.mode=disabled", "image.size=32", "model.name=tiny", "model.weights=null",
+                             "data.species_subset=[Amanita muscaria, Boletus edulis, Macrolepiota procera]",
+                             f"paths.data_dir={root / 'data'}", f"paths.models_dir={root / 'models'}",
+                             f"paths.reports_dir={root / 'reports'}", "evaluate.latency_runs=3",
+                             "evaluate.latency_warmup=1"])
+    import_folder(cfg, photos, "date", root / "data")
+    species = selected_species(cfg)
+    names = [s.name for s in species]
+    from mushroom.keras_env import keras
+
+    keras.utils.set_random_seed(0)
+    x, y, _ = load_split(root / "data", "train", names, 32)
+    model = build_model("tiny", len(names), 32)
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    model.fit(x.astype("float32"), y, epochs=8, batch_size=8, verbose=0)
+    folder = root / "models" / "test-tiny"
+    save_model_folder(folder, model, {"model_name": "tiny", "run_name": "test-tiny", "class_names": names,
+                                      "image_size": 32, "preprocessing": "tiny", "input_range": [0, 255],
+                                      "species": [s.to_dict() for s in species], "weights": None, "seed": 0})
+    (folder / "tflite").mkdir()
+    (folder / "tflite" / "float32.tflite").write_bytes(convert(model, "float32"))
+    (folder / "tflite" / "ptq_int8.tflite").write_bytes(convert(model, "ptq_int8", x[:16]))
+    (folder / "quantize.json").write_text(json.dumps({"formats": ["float32", "ptq_int8"]}))
+    return {"folder": folder, "cfg": cfg, "data_dir": root / "data", "photos": photos, "root": root}

@@ -1,0 +1,129 @@
+"""Running the exported .tflite files with the LiteRT runtime (ai-edge-litert), no TensorFlow.
+
+Every exported model takes pixels in [0, 255] and returns softmax probabilities. For int8/uint8
+models the runtime quantizes the pixels with the model's own input scale and zero point (round,
+then clip to the integer range: astype alone would truncate 254.6 to 254 and wrap 300 to 44) and
+dequantizes the integer probabilities with the output scale and zero point. Softmax is inside the
+model, so it is never applied again here.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+from mushroom.errors import UserError
+
+INTEGER_DTYPES = (np.uint8, np.int8, np.int16)
+
+
+def quantize_input(x, scale: float, zero_point: int, dtype) -> np.ndarray:
+    """Real values -> integers of `dtype`: round(x / scale + zero_point), clipped to the dtype's range.
+    A scale of 0 means the tensor has no quantization parameters: the values are only rounded and clipped."""
+    dtype = np.dtype(dtype)
+    x = np.asarray(x, dtype=np.float64)
+    q = np.round(x / scale + zero_point) if scale else np.round(x)
+    info = np.iinfo(dtype)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize_output(q, scale: float, zero_point: int) -> np.ndarray:
+    """Integers -> real values: (q - zero_point) * scale, as float32 (no quantization parameters: unchanged)."""
+    q = np.asarray(q)
+    if not scale:
+        return q.astype(np.float32)
+    return ((q.astype(np.float64) - zero_point) * scale).astype(np.float32)
+
+
+class TFLiteModel:
+    """One .tflite classifier: predict(images in [0, 255]) -> probabilities (N, classes)."""
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"{self.path} does not exist: export it with quantize_qat.py <model folder>")
+        if self.path.stat().st_size == 0:
+            raise UserError(f"{self.path} is empty: re-export it with quantize_qat.py <model folder> --force")
+        try:
+            self._interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{self.path} is not a valid TFLite model ({first}): "
+                            "re-export it with quantize_qat.py <model folder> --force") from None
+        inputs = self._interpreter.get_input_details()
+        outputs = self._interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise UserError(f"{self.path} has {len(inputs)} inputs and {len(outputs)} outputs, not one image "
+                            "input and one probability output: it is not a model exported by this project")
+        self._input, self._output = inputs[0], outputs[0]
+        shape = tuple(int(d) for d in self._input["shape"])
+        if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
+            raise UserError(f"{self.path} expects input shape {shape}, not (1, size, size, 3): "
+                            "it is not an image classifier exported by this project")
+        self.num_threads = num_threads
+
+    @property
+    def input_size(self) -> int:
+        return int(self._input["shape"][1])
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(self._input["dtype"])
+
+    @property
+    def output_dtype(self) -> np.dtype:
+        return np.dtype(self._output["dtype"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self._output["shape"][-1])
+
+    @property
+    def input_quantization(self) -> tuple[float, int]:
+        return tuple(self._input["quantization"])
+
+    @property
+    def output_quantization(self) -> tuple[float, int]:
+        return tuple(self._output["quantization"])
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """One (H, W, 3) image in [0, 255] -> the (1, H, W, 3) tensor the model's input takes."""
+        x = np.asarray(image)[None]
+        if self.input_dtype.type in INTEGER_DTYPES:
+            scale, zero_point = self.input_quantization
+            return quantize_input(x, scale, zero_point, self.input_dtype)
+        return x.astype(self.input_dtype)
+
+    def run_one(self, tensor: np.ndarray) -> np.ndarray:
+        """Invoke on one prepared tensor; the raw output (integers for int8 models)."""
+        self._interpreter.set_tensor(self._input["index"], tensor)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output["index"])[0].copy()
+
+    def predict(self, images) -> np.ndarray:
+        """Probabilities (N, classes) float32 for images (N, H, W, 3), uint8 or float, in [0, 255]."""
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        size = self.input_size
+        if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            raise UserError(f"{self.path.name} takes images of shape (N, {size}, {size}, 3), got {images.shape}: "
+                            f"load photos with images.load_image(path, {size})")
+        out = np.empty((len(images), self.num_classes), np.float32)
+        scale, zero_point = self.output_quantization
+        integer_output = self.output_dtype.type in INTEGER_DTYPES
+        # One image per invoke: the exported graphs have batch 1, and looping keeps memory flat.
+        for i, image in enumerate(images):
+            raw = self.run_one(self.prepare(image))
+            out[i] = dequantize_output(raw, scale, zero_point) if integer_output else raw
+        return out
+
+    def __repr__(self) -> str:
+        return f"TFLiteModel({str(self.path)!r}, input {self.input_size}px {self.input_dtype}, {self.size_bytes} bytes)"

@@ -1,0 +1,390 @@
+"""Quantization of a trained model folder: QAT fine-tune, every TFLite format, and the agreement check.
+
+Writes beside the model (see README, "Model folder"):
+  qat/model.keras          the quantization-aware model (weights; load with load_qat_model)
+  tflite/<format>.tflite   float32, dynamic, float16, ptq_int8, qat_int8 (cfg.quantize.formats)
+  quantize.json            sizes, agreement with the Keras models, peak RSS and time per conversion
+  tflite/config.resolved.yaml  the config of this run (the training run's own stays beside the model)
+
+Each conversion runs in its own child process (`python -m mushroom.quantization --child ...`):
+converting several formats of V2-M in one process peaked near this machine's 24 GB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mushroom import images as imgs
+from mushroom import manifest as mf
+from mushroom.config import EXPORT_FORMATS, save_resolved
+from mushroom.errors import UserError
+from mushroom.modelio import MODEL_FILE, TFLITE_DIR, load_model_folder, read_meta, write_json
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+QAT_DIR = "qat"
+QAT_MODEL_FILE = "qat/model.keras"
+REPORT_FILE = "quantize.json"
+INT8_FORMATS = ("ptq_int8", "qat_int8")
+FLOAT_FORMATS = ("float32", "dynamic", "float16")
+
+
+def tflite_path(model_folder: str | os.PathLike, fmt: str) -> Path:
+    return Path(model_folder) / TFLITE_DIR / f"{fmt}.tflite"
+
+
+# --- data ------------------------------------------------------------------------------------
+
+def load_split(data_dir: str | os.PathLike, split: str, class_names: list[str], size: int,
+               limit: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(uint8 images (N, size, size, 3), int labels by class_names index, paths) of one manifest
+    split, restricted to the model's classes; `limit` picks a fixed seeded subset."""
+    data_dir = Path(data_dir)
+    rows = [r for r in mf.split_rows(mf.read_manifest(mf.manifest_path(data_dir)), split) if r["species"] in class_names]
+    rows.sort(key=lambda r: r["path"])
+    if limit is not None and len(rows) > limit:
+        pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=limit, replace=False))
+        rows = [rows[i] for i in pick]
+    if not rows:
+        raise UserError(f"{mf.manifest_path(data_dir)} has no '{split}' photos of the model's species: "
+                        "check --data-dir, or rerun download_data.py")
+    index = {name: i for i, name in enumerate(class_names)}
+    images = np.stack([imgs.load_image(data_dir / r["path"], size) for r in rows])
+    labels = np.array([index[r["species"]] for r in rows], np.int64)
+    return images, labels, [r["path"] for r in rows]
+
+
+# --- QAT -------------------------------------------------------------------------------------
+
+def qat_finetune(model, images: np.ndarray, labels: np.ndarray, qcfg, batch_size: int = 16, seed: int = 0,
+                 flip: bool = True, verbose: int = 2, history: dict | None = None):
+    """The quantization-aware copy of `model`, fine-tuned for qcfg.qat_epochs at qcfg.qat_learning_rate
+    on (images [0, 255], labels) with random horizontal flips. The float model is not changed.
+    `history`, when given, receives the per-epoch loss/accuracy."""
+    from mushroom import qat_configs
+    from mushroom.keras_env import keras, tf
+
+    if qcfg.qat_epochs < 1:
+        raise UserError("quantize.qat_epochs is 0, which leaves the QAT model's int8 ranges uncalibrated: "
+                        "set it to 1 or more, or drop qat_int8 from quantize.formats")
+    keras.utils.set_random_seed(seed)
+    qat = qat_configs.quantize(model)
+    # Batch norm in inference mode with frozen statistics: a short QAT fine-tune that updates the
+    # moving statistics from a few small batches of fake-quantized activations wrecked the demo b0
+    # (val top-1 0.22 -> 0.03 after one epoch). The conv kernels and ranges still adapt.
+    for layer in qat.layers:
+        if isinstance(getattr(layer, "layer", None), keras.layers.BatchNormalization):
+            layer.trainable = False
+    qat.compile(optimizer=keras.optimizers.Adam(qcfg.qat_learning_rate),
+                loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    rng = np.random.default_rng(seed)
+
+    def batches():
+        while True:
+            order = rng.permutation(len(images))
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                x = images[idx].astype(np.float32)
+                if flip:
+                    mirror = rng.random(len(idx)) < 0.5
+                    x[mirror] = x[mirror, :, ::-1]
+                yield x, labels[idx]
+
+    steps = int(np.ceil(len(images) / batch_size))
+    with tf.device("/CPU:0"):
+        fit = qat.fit(batches(), steps_per_epoch=steps, epochs=qcfg.qat_epochs, verbose=verbose)
+    if history is not None:
+        history.update({k: [round(float(v), 5) for v in vals] for k, vals in fit.history.items()})
+    return qat
+
+
+def save_qat_model(qat, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".partial-" + path.name)
+    qat.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_qat_model(float_model, path: str | os.PathLike):
+    """A saved QAT model: quantize the float architecture again, then load the saved weights.
+    (keras.models.load_model fails on tfmot's QuantizeLayer in the .keras format: it expects 5
+    variables and the file holds 3; loading the weights into a fresh quantize_apply works.)"""
+    from mushroom import qat_configs
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: run quantize_qat.py on the model folder (with --force to redo it)")
+    qat = qat_configs.quantize(float_model)
+    try:
+        qat.load_weights(path)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{path} does not match the model's architecture ({str(exc).splitlines()[0]}): "
+                        "rerun quantize_qat.py with --force") from None
+    return qat
+
+
+# --- conversion (in a child process) ---------------------------------------------------------
+
+def convert(model, fmt: str, representative: np.ndarray | None = None) -> bytes:
+    """The .tflite bytes of a Keras model in one format. ptq_int8 needs `representative` (uint8
+    images); both int8 formats take uint8 pixels [0, 255] and return uint8 probabilities."""
+    from mushroom.keras_env import tf
+
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"unknown export format '{fmt}': choose from {', '.join(EXPORT_FORMATS)}")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if fmt != "float32":
+        # Also for qat_int8: without Optimize.DEFAULT the QAT file keeps float weights and
+        # fake-quant pairs and runs ~20x slower.
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if fmt == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if fmt == "ptq_int8":
+        if representative is None or len(representative) == 0:
+            raise UserError("ptq_int8 needs representative images (quantize.representative_images)")
+        reps = np.asarray(representative, np.float32)
+
+        def representative_dataset():
+            for image in reps:
+                yield [image[None]]
+
+        converter.representative_dataset = representative_dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if fmt == "qat_int8":
+        # No representative dataset and no TFLITE_BUILTINS_INT8 here, measured on TF 2.21: with
+        # them the converter calibrates on top of the QAT ranges and mixes the two (a conv's
+        # bias scale came from calibration, its input scale from QAT: 11x off), and the file
+        # agreed with its Keras model on 33-75 % of photos; without them it agrees on 100 %.
+        # The cost: convs whose swish activation has no pre-activation QAT range (the SE-block
+        # reduce convs) stay float inside an otherwise int8 graph.
+        pass
+    if fmt in INT8_FORMATS:
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    return converter.convert()
+
+
+def _peak_rss_mb() -> float:
+    """This process's own peak resident memory. VmHWM belongs to the address space made at exec;
+    getrusage's ru_maxrss is not used because Linux carries it over from the forking parent, so
+    every child would report the parent's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux; an upper bound
+
+
+def _child_main(argv: list[str]) -> int:
+    """Entry point of one conversion child: load the model, convert, write the file atomically,
+    write {seconds, peak_rss_mb} to --result."""
+    p = argparse.ArgumentParser(prog="python -m mushroom.quantization --child")
+    p.add_argument("--child", action="store_true")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    p.add_argument("--model", required=True, help="float model.keras (the architecture, for QAT)")
+    p.add_argument("--qat-weights", help="qat/model.keras, for qat_int8")
+    p.add_argument("--representative", help=".npy of uint8 images, for int8 formats")
+    p.add_argument("--out", required=True)
+    p.add_argument("--result", required=True)
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    from mushroom.keras_env import keras
+
+    model = keras.models.load_model(args.model, compile=False)
+    if args.format == "qat_int8":
+        model = load_qat_model(model, args.qat_weights)
+    reps = np.load(args.representative) if args.representative else None
+    data = convert(model, args.format, reps)
+    imgs.atomic_write(args.out, data)
+    write_json(args.result, {"seconds": round(time.perf_counter() - start, 2), "peak_rss_mb": round(_peak_rss_mb(), 1)})
+    return 0
+
+
+def export_format(fmt: str, model_file: str | os.PathLike, out: str | os.PathLike,
+                  representative_file: str | os.PathLike | None = None,
+                  qat_weights: str | os.PathLike | None = None) -> dict:
+    """Convert in a child process; {"seconds", "peak_rss_mb"} of that child (its own getrusage)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="convert-") as tmp:
+        result = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "mushroom.quantization", "--child", "--format", fmt,
+               "--model", str(model_file), "--out", str(out), "--result", str(result)]
+        if representative_file is not None:
+            cmd += ["--representative", str(representative_file)]
+        if qat_weights is not None:
+            cmd += ["--qat-weights", str(qat_weights)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0 or not result.is_file():
+            tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
+            raise UserError(f"converting to {fmt} failed (exit {proc.returncode}); last output:\n{tail}")
+        return json.loads(result.read_text())
+
+
+# --- agreement -------------------------------------------------------------------------------
+
+def agreement_check(tflite_files: dict[str, str | os.PathLike], reference_probs: dict[str, np.ndarray],
+                    images: np.ndarray, min_agreement: float, num_threads: int | None = None,
+                    log=print) -> dict:
+    """Run each TFLite file on `images` and compare with the probabilities of the Keras model it
+    came from (reference_probs[fmt]): top-1 agreement and max |delta prob|, printed per format.
+    A qat_int8 file agreeing on fewer than `min_agreement` of the images raises UserError."""
+    results = measure_agreement(tflite_files, reference_probs, images, num_threads=num_threads, log=log)
+    enforce_agreement(results, min_agreement)
+    return results
+
+
+def measure_agreement(tflite_files, reference_probs, images, num_threads=None, log=print) -> dict:
+    """{format: {agreement, max_abs_dprob, images}} (see agreement_check), printed as a table."""
+    from mushroom.litert import TFLiteModel
+
+    results = {}
+    log(f"{'format':<10} {'agreement':>9} {'max|dprob|':>10}  (on {len(images)} validation images)")
+    for fmt, path in tflite_files.items():
+        probs = TFLiteModel(path, num_threads=num_threads).predict(images)
+        ref = reference_probs[fmt]
+        agree = float(np.mean(probs.argmax(1) == ref.argmax(1)))
+        dmax = float(np.abs(probs - ref).max())
+        results[fmt] = {"agreement": round(agree, 4), "max_abs_dprob": round(dmax, 5), "images": len(images)}
+        log(f"{fmt:<10} {agree:>9.3f} {dmax:>10.4f}")
+    return results
+
+
+def enforce_agreement(results: dict, min_agreement: float) -> None:
+    qat = results.get("qat_int8")
+    if qat is not None and qat["agreement"] < min_agreement:
+        raise UserError(f"the qat_int8 file agrees with its QAT Keras model on only {qat['agreement']:.1%} of "
+                        f"{qat['images']} validation images (quantize.min_agreement is {min_agreement:.0%}): "
+                        "the int8 conversion is broken; rerun with --force, or more quantize.qat_epochs")
+
+
+# --- the stage -------------------------------------------------------------------------------
+
+def quantize_model_folder(cfg, model_folder: str | os.PathLike, data_dir: str | os.PathLike,
+                          force: bool = False, log=print) -> dict:
+    """QAT fine-tune, export every format of cfg.quantize.formats, check agreement; writes
+    qat/model.keras, tflite/<format>.tflite, quantize.json, tflite/config.resolved.yaml.
+    Existing files are kept (a rerun resumes) unless force=True. Returns the quantize.json dict."""
+    from mushroom.keras_env import keras  # noqa: F401  (TF only after the cheap checks below)
+
+    folder = Path(model_folder)
+    meta = read_meta(folder)
+    qcfg = cfg.quantize
+    formats = list(qcfg.formats)
+    class_names, size = list(meta["class_names"]), int(meta["image_size"])
+    seed = int(cfg.seed)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    model, meta = load_model_folder(folder)
+    train_x, train_y, _ = load_split(data_dir, "train", class_names, size)
+    reps = train_x[np.sort(np.random.default_rng(seed).choice(len(train_x), min(len(train_x), qcfg.representative_images), replace=False))]
+    check_x, check_y, check_paths = load_split(data_dir, "val", class_names, size, limit=qcfg.check_images, seed=seed)
+    timings["load_s"] = round(time.perf_counter() - t, 2)
+
+    qat_file = folder / QAT_MODEL_FILE
+    qat = None
+    qat_history = None
+    if "qat_int8" in formats:
+        t = time.perf_counter()
+        if qat_file.is_file() and not force:
+            log(f"QAT model: reusing {qat_file}")
+            qat = load_qat_model(model, qat_file)
+        else:
+            log(f"QAT fine-tune: {qcfg.qat_epochs} epoch(s) at lr {qcfg.qat_learning_rate} on {len(train_x)} training images")
+            qat_history = {}
+            qat = qat_finetune(model, train_x, train_y, qcfg, batch_size=cfg.train.batch_size, seed=seed,
+                               history=qat_history)
+            save_qat_model(qat, qat_file)
+        timings["qat_s"] = round(time.perf_counter() - t, 2)
+
+    previous = _read_report(folder) if not force else {}
+    conversions = dict(previous.get("conversions", {}))
+    tflite_dir = folder / TFLITE_DIR
+    tflite_dir.mkdir(parents=True, exist_ok=True)
+    rep_file = tflite_dir / ".representative.npy"
+    np.save(rep_file, reps)
+    try:
+        for fmt in formats:
+            out = tflite_path(folder, fmt)
+            if out.is_file() and not force:
+                log(f"{fmt}: keeping {out} (use --force to convert again)")
+                continue
+            log(f"{fmt}: converting in a child process ...")
+            conversions[fmt] = export_format(
+                fmt, folder / MODEL_FILE, out,
+                representative_file=rep_file if fmt == "ptq_int8" else None,
+                qat_weights=qat_file if fmt == "qat_int8" else None)
+            log(f"{fmt}: {out.stat().st_size / 1e6:.2f} MB in {conversions[fmt]['seconds']:.0f} s, "
+                f"child peak RSS {conversions[fmt]['peak_rss_mb']:.0f} MB")
+    finally:
+        rep_file.unlink(missing_ok=True)
+
+    t = time.perf_counter()
+    float_probs = model.predict(check_x.astype(np.float32), verbose=0)
+    reference = {fmt: float_probs for fmt in formats if fmt != "qat_int8"}
+    if qat is not None:
+        reference["qat_int8"] = qat.predict(check_x.astype(np.float32), verbose=0)
+    files = {fmt: tflite_path(folder, fmt) for fmt in formats}
+    report = {
+        "model_folder": str(folder),
+        "model_name": meta.get("model_name"),
+        "image_size": size,
+        "formats": formats,
+        "files": {fmt: str(Path(TFLITE_DIR) / p.name) for fmt, p in files.items()},
+        "sizes_bytes": {fmt: p.stat().st_size for fmt, p in files.items()},
+        "sizes_mb": {fmt: round(p.stat().st_size / 1e6, 3) for fmt, p in files.items()},
+        "conversions": {fmt: conversions[fmt] for fmt in formats if fmt in conversions},
+        "check_images": check_paths,
+        "keras_top1_on_check": {"float": round(float(np.mean(float_probs.argmax(1) == check_y)), 4)},
+        "qat": {"epochs": qcfg.qat_epochs, "learning_rate": qcfg.qat_learning_rate,
+                "history": qat_history or previous.get("qat", {}).get("history")} if qat is not None else None,
+        "timings": timings,
+    }
+    if qat is not None:
+        report["keras_top1_on_check"]["qat"] = round(float(np.mean(reference["qat_int8"].argmax(1) == check_y)), 4)
+    report["agreement"] = measure_agreement(files, reference, check_x, log=log)
+    qat_agreement = report["agreement"].get("qat_int8", {}).get("agreement", 1.0)
+    report["ok"] = qat_agreement >= qcfg.min_agreement
+    timings["agreement_s"] = round(time.perf_counter() - t, 2)
+    # Written before the check can fail, so the numbers behind the error are kept.
+    write_json(folder / REPORT_FILE, report)
+    save_resolved(cfg, tflite_dir)
+    enforce_agreement(report["agreement"], qcfg.min_agreement)
+    return report
+
+
+def _read_report(folder: Path) -> dict:
+    path = folder / REPORT_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def find_model_folders(models_dir: str | os.PathLike) -> list[Path]:
+    """Every model folder (one holding model.keras and meta.json) directly under models_dir."""
+    root = Path(models_dir)
+    return sorted(p for p in root.iterdir() if (p / MODEL_FILE).is_file() and (p / "meta.json").is_file()) if root.is_dir() else []
+
+
+if __name__ == "__main__":
+    if "--child" in sys.argv[1:]:
+        sys.exit(_child_main(sys.argv[1:]))
+    print("this module is run by quantize_qat.py; `python -m mushroom.quantization --child ...` converts one file",
+          file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,106 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mushroom.advice import JSON_KEYS
+from mushroom.config import PROJECT_ROOT
+from mushroom.errors import UserError
+from mushroom.prediction import Forager, find_default_model, resolve_model
+
+
+def _predict(t, *args):
+    cmd = [sys.executable, "predict.py", *map(str, args), "--set", f"paths.models_dir={t['root'] / 'models'}",
+           "--set", f"paths.reports_dir={t['root'] / 'noreports'}"]
+    return subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_importing_the_predict_path_loads_no_tensorflow():
+    code = ("import sys, runpy; sys.argv=['predict.py','--help']\n"
+            "import mushroom.prediction, mushroom.litert, mushroom.advice, mushroom.metrics\n"
+            "bad=[m for m in sys.modules if m.split('.')[0] in ('tensorflow','tf_keras','keras','sklearn')]\n"
+            "print(bad); assert not bad, bad")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_model_resolution(tiny_model_folder):
+    t = tiny_model_folder
+    folder = t["folder"]
+    assert find_default_model(t["root"] / "models") == folder / "tflite/ptq_int8.tflite"
+    assert resolve_model(folder, None) == (folder / "tflite/ptq_int8.tflite", folder, "ptq_int8")
+    assert resolve_model(folder / "tflite/float32.tflite", None)[2] == "float32"
+    with pytest.raises(UserError, match="does not exist"):
+        resolve_model(folder / "tflite/nope.tflite", None)
+    with pytest.raises(UserError, match="not a .tflite file"):
+        resolve_model(folder / "model.keras", None)
+    with pytest.raises(UserError, match="no .tflite model found"):
+        find_default_model(t["root"] / "empty")
+
+
+def test_answers_real_photos_with_calibrated_probabilities(tiny_model_folder):
+    t = tiny_model_folder
+    cfg = t["cfg"]
+    forager = Forager.load(cfg, str(t["folder"] / "tflite/ptq_int8.tflite"))
+    photo = sorted((t["photos"] / "Boletus_edulis").glob("*.jpg"))[0]
+    raw = forager.model.predict(np.asarray(Image.open(photo).convert("RGB").resize((32, 32)))[None])
+    assert raw.shape == (1, 3)
+    probs = forager.probabilities(photo)
+    assert probs.shape == (3,) and abs(probs.sum() - 1) < 1e-6
+    answer = forager.answer(photo)
+    assert [a["species"] for a in answer.top] and len(answer.top) == 3
+    assert answer.verdict in ("edible", "not_edible", "uncertain")
+    # The model knows three species and was trained for seconds: never confident enough for "edible".
+    if answer.verdict == "edible":
+        assert answer.certainty >= cfg.predict.edible_threshold
+
+
+def test_cli_json_and_bad_inputs(tiny_model_folder, tmp_path):
+    t = tiny_model_folder
+    good = sorted((t["photos"] / "Amanita_muscaria").glob("*.jpg"))[:2]
+    src = Image.open(good[0])
+    bad_dir = tmp_path / "in"
+    bad_dir.mkdir()
+    (bad_dir / "notes.txt").write_text("not a photo")
+    (bad_dir / "truncated.jpg").write_bytes(good[0].read_bytes()[:400])
+    src.convert("L").save(bad_dir / "gray.jpg")
+    rgba = src.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(bad_dir / "alpha.png")
+    src.resize((4000, 3000)).save(bad_dir / "huge.jpg", quality=70)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    src.save(bad_dir / "rotated.jpg", exif=exif.tobytes())
+    out = _predict(t, *good, bad_dir / "gray.jpg", bad_dir / "alpha.png", bad_dir / "huge.jpg",
+                   bad_dir / "rotated.jpg", bad_dir / "truncated.jpg", bad_dir / "notes.txt",
+                   tmp_path / "missing.jpg", "--json", "--model", t["folder"])
+    assert out.returncode == 1, out.stderr
+    answers = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(answers) == 6
+    for a in answers:
+        assert tuple(a) == JSON_KEYS
+        assert set(a["top5"][0]) == {"species", "common_name", "probability", "edibility"}
+        assert abs(sum(x["probability"] for x in a["top5"]) - 1) < 1e-3
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3
+    assert "Traceback" not in out.stderr
+    assert "truncated.jpg" in errors[0] and "notes.txt" in errors[1]
+    assert errors[2].count("missing.jpg") == 1 and "does not exist" in errors[2]
+
+
+def test_cli_text_answer_and_folder_input(tiny_model_folder):
+    t = tiny_model_folder
+    out = _predict(t, t["photos"] / "Boletus_edulis")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("never enough to eat a wild mushroom") == 12
+    assert "knows 3 of the 51 species" in out.stdout
+
+
+def test_cli_without_any_model_is_one_clear_error(tmp_path):
+    out = subprocess.run([sys.executable, "predict.py", "x.jpg", "--set", f"paths.models_dir={tmp_path}"],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: no .tflite model found") and "Traceback" not in out.stderr

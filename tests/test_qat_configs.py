@@ -1,0 +1,80 @@
+"""The layer-type -> QuantizeConfig table covers every registered model; quantize_apply accepts them."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mushroom import qat_configs as qc
+from mushroom.keras_env import keras
+from mushroom.models import build_model, model_names
+
+# quantize_apply is run on tiny, b0 and resnet50 here; on V2-S/M it takes tens of seconds each
+# (see the report), so for those the layer-type coverage check below stands in for it.
+APPLY_IN_TESTS = ("tiny", "efficientnet_v2_b0", "resnet50")
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: build_model(name, 3, 32) for name in model_names()}
+
+
+def test_every_layer_type_of_every_registered_model_is_covered(models):
+    for name, model in models.items():
+        assert qc.unsupported_layers(model) == [], name
+        for layer in model.layers[1:]:
+            covered = (type(layer) in qc.QUANTIZE_CONFIGS or qc.registry_supports(layer)
+                       or isinstance(layer, qc.TRANSFORM_HANDLED))
+            assert covered, f"{name}: {layer.name} ({type(layer).__name__})"
+
+
+def test_the_table_fills_what_the_registry_lacks(models):
+    types = {type(l) for m in models.values() for l in m.layers}
+    for cls in (keras.layers.Multiply, keras.layers.Rescaling):
+        assert cls in types
+        assert not qc.registry_supports(cls.__new__(cls)), cls   # the registry really lacks it
+        assert cls in qc.QUANTIZE_CONFIGS
+
+
+def test_a_batch_norm_not_after_a_conv_is_reported():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.BatchNormalization(name="lonely_bn")(inputs)
+    x = keras.layers.Multiply(name="mul")([x, x])
+    model = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2, name="lam")(x))
+    assert qc.unsupported_layers(model) == ["lonely_bn (BatchNormalization)", "lam (Lambda)"]
+
+
+def test_multiply_and_rescaling_get_only_an_output_quantizer():
+    model = build_model("tiny", 3, 32)
+    for layer in model.layers:
+        config = qc.config_for(layer)
+        if isinstance(layer, (keras.layers.Multiply, keras.layers.Rescaling)):
+            assert config.get_weights_and_quantizers(layer) == [] and config.get_activations_and_quantizers(layer) == []
+            (quantizer,) = config.get_output_quantizers(layer)
+            assert quantizer.get_config() == {"num_bits": 8, "per_axis": False, "symmetric": False, "narrow_range": False}
+        else:
+            assert config is None, layer.name
+    assert qc.NoOpQuantizeConfig().get_output_quantizers(None) == []
+
+
+@pytest.mark.parametrize("name", APPLY_IN_TESTS)
+def test_quantize_apply_succeeds_and_keeps_the_weights(models, name):
+    model = models[name]
+    qat = qc.quantize(model)
+    wrapped = [l for l in qat.layers if l.name.startswith("quant_")]
+    assert len(wrapped) == len(model.layers) - 1            # every layer but the input
+    conv = next(l for l in model.layers if isinstance(l, keras.layers.Conv2D))
+    kernel = next(w for w in qat.get_layer("quant_" + conv.name).weights if w.name.endswith("/kernel:0"))
+    np.testing.assert_array_equal(kernel.numpy(), conv.kernel.numpy())
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    probs = qat.predict(x, verbose=0)
+    assert probs.shape == (2, 3) and np.all(np.isfinite(probs))
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+
+
+def test_annotate_leaves_the_input_alone_and_wraps_the_rest():
+    model = build_model("tiny", 3, 32)
+    annotated = qc.annotate(model)
+    assert isinstance(annotated.layers[0], keras.layers.InputLayer)
+    assert all(type(l).__name__ == "QuantizeAnnotate" for l in annotated.layers[1:])
+    multiply = next(l for l in annotated.layers[1:] if l.layer.name == "se_excite")
+    assert isinstance(multiply.quantize_config, qc.OutputQuantizeConfig)

@@ -1,0 +1,180 @@
+"""The quantization stage end to end on a tiny model trained on real photos (../shared when present):
+QAT fine-tune, every TFLite format (each converted in a child process), the agreement check."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mushroom import manifest as mf
+from mushroom.errors import UserError
+from tests.conftest import _make_photo_folder
+
+SIZE = 32
+SPECIES = ["Amanita muscaria", "Boletus edulis", "Hypholoma fasciculare"]
+FORMATS = ["float32", "dynamic", "float16", "ptq_int8", "qat_int8"]
+
+
+def make_data_dir(root, per_species: int = 20):
+    """A data folder with a project manifest: photos split train/val/test by their date group."""
+    folder = _make_photo_folder(root, SPECIES, per_species)
+    rows = []
+    for i, line in enumerate((folder / "manifest.csv").read_text().splitlines()[1:]):
+        path, species, date, _ = line.split(",")
+        split = {3: "val", 4: "test"}.get(i % 5, "train")
+        rows.append({"photo_id": i, "species": species, "split": split, "path": path})
+    mf.write_manifest(mf.manifest_path(folder), rows)
+    return folder
+
+
+def train_tiny(data_dir, epochs: int = 40):
+    """A tiny model fitted to the training photos until its predictions are decisive (not a tie
+    between near-uniform probabilities, where top-1 agreement would measure noise)."""
+    from mushroom.keras_env import keras
+    from mushroom.models import build_model
+    from mushroom.quantization import load_split
+
+    keras.utils.set_random_seed(0)
+    x, y, _ = load_split(data_dir, "train", SPECIES, SIZE)
+    model = build_model("tiny", len(SPECIES), SIZE)
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    model.fit(x.astype("float32"), y, epochs=epochs, batch_size=12, verbose=0)
+    return model
+
+
+def tiny_meta():
+    return {"model_name": "tiny", "run_name": "test", "class_names": SPECIES, "image_size": SIZE,
+            "preprocessing": "tiny", "input_range": [0, 255], "species": [], "weights": None, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    """(cfg, model folder, data dir, report) after one full quantize_model_folder run."""
+    from mushroom.config import load_config
+    from mushroom.modelio import save_model_folder
+    from mushroom.quantization import quantize_model_folder
+
+    root = tmp_path_factory.mktemp("quant")
+    data_dir = make_data_dir(root / "data")
+    model = train_tiny(data_dir)
+    folder = save_model_folder(root / "models" / "tiny", model, tiny_meta())
+    cfg = load_config(None, ["wandb.mode=disabled", "quantize.qat_epochs=3", "quantize.qat_learning_rate=1.0e-4",
+                             "quantize.representative_images=16", "quantize.check_images=12", "train.batch_size=12"])
+    report = quantize_model_folder(cfg, folder, data_dir, log=lambda *a: None)
+    return cfg, folder, data_dir, report
+
+
+def test_every_format_is_written_and_runs(quantized):
+    from mushroom.litert import TFLiteModel
+    from mushroom.quantization import load_split
+
+    _, folder, data_dir, report = quantized
+    x, _, _ = load_split(data_dir, "val", SPECIES, SIZE, limit=4)
+    for fmt in FORMATS:
+        lite = TFLiteModel(folder / "tflite" / f"{fmt}.tflite")
+        probs = lite.predict(x)
+        assert probs.shape == (4, len(SPECIES)) and probs.dtype == np.float32
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=0.02)
+        expected_dtype = np.uint8 if fmt.endswith("int8") else np.float32
+        assert lite.input_dtype == expected_dtype, fmt
+        assert report["sizes_bytes"][fmt] == lite.size_bytes
+
+
+def test_int8_files_take_raw_pixels_and_weights_are_integer(quantized):
+    from mushroom.litert import TFLiteModel
+
+    _, folder, _, report = quantized
+    for fmt in ("ptq_int8", "qat_int8"):
+        lite = TFLiteModel(folder / "tflite" / f"{fmt}.tflite")
+        # Rescaling is inside the model, so pixels map 1:1 onto uint8.
+        assert lite.input_quantization == (1.0, 0)
+        assert lite.output_dtype == np.uint8
+    # int8 weights: the int8 files are far smaller than float32 (the tiny model is mostly overhead,
+    # so the ratio is weaker than the 0.3 of real backbones).
+    assert report["sizes_bytes"]["ptq_int8"] < report["sizes_bytes"]["float32"]
+
+
+def test_report_records_sizes_agreement_and_child_memory(quantized):
+    _, folder, _, report = quantized
+    on_disk = json.loads((folder / "quantize.json").read_text())
+    assert on_disk["ok"] is True
+    assert set(on_disk["sizes_mb"]) == set(FORMATS)
+    for fmt in FORMATS:
+        conv = on_disk["conversions"][fmt]
+        # Each child loaded TensorFlow, so its own peak is hundreds of MB.
+        assert conv["peak_rss_mb"] > 200 and conv["seconds"] > 0
+        assert 0.0 <= on_disk["agreement"][fmt]["agreement"] <= 1.0
+    assert (folder / "qat" / "model.keras").is_file()
+    assert (folder / "tflite" / "config.resolved.yaml").is_file()
+    assert not (folder / "tflite" / ".representative.npy").exists()
+
+
+def test_float32_file_matches_keras_and_qat_int8_agrees_on_real_photos(quantized):
+    cfg, _, _, report = quantized
+    agreement = report["agreement"]
+    assert agreement["float32"]["agreement"] == 1.0
+    assert agreement["float32"]["max_abs_dprob"] < 1e-4
+    assert agreement["qat_int8"]["agreement"] >= cfg.quantize.min_agreement
+    assert agreement["qat_int8"]["images"] == 12
+
+
+def test_rerun_keeps_existing_files_and_force_converts_again(quantized, tmp_path):
+    from mushroom.quantization import quantize_model_folder
+
+    cfg, folder, data_dir, _ = quantized
+    before = {fmt: (folder / "tflite" / f"{fmt}.tflite").stat().st_mtime_ns for fmt in FORMATS}
+    lines = []
+    report = quantize_model_folder(cfg, folder, data_dir, log=lines.append)
+    after = {fmt: (folder / "tflite" / f"{fmt}.tflite").stat().st_mtime_ns for fmt in FORMATS}
+    assert before == after
+    assert sum("keeping" in str(l) for l in lines) == len(FORMATS)
+    # Conversion records of the first run are carried over.
+    assert set(report["conversions"]) == set(FORMATS)
+
+
+def test_qat_model_reloads_identically_and_float_model_is_untouched(quantized):
+    from mushroom.modelio import load_model_folder
+    from mushroom.quantization import load_qat_model, load_split, qat_finetune, save_qat_model
+
+    cfg, folder, data_dir, _ = quantized
+    model, _ = load_model_folder(folder)
+    x, y, _ = load_split(data_dir, "train", SPECIES, SIZE)
+    before = model.predict(x[:6].astype("float32"), verbose=0)
+    qat = qat_finetune(model, x, y, cfg.quantize, batch_size=12, verbose=0)
+    np.testing.assert_array_equal(model.predict(x[:6].astype("float32"), verbose=0), before)
+    path = save_qat_model(qat, folder.parent / "other" / "qat.keras")
+    again = load_qat_model(load_model_folder(folder)[0], path)
+    np.testing.assert_array_equal(again.predict(x[:6].astype("float32"), verbose=0),
+                                  qat.predict(x[:6].astype("float32"), verbose=0))
+
+
+def test_low_qat_agreement_is_an_error(quantized):
+    from mushroom.quantization import agreement_check, load_split
+
+    cfg, folder, data_dir, _ = quantized
+    x, _, _ = load_split(data_dir, "val", SPECIES, SIZE)
+    from mushroom.litert import TFLiteModel
+
+    probs = TFLiteModel(folder / "tflite" / "qat_int8.tflite").predict(x)
+    wrong = np.roll(probs, 1, axis=1)  # a reference that disagrees on every image
+    files = {"qat_int8": folder / "tflite" / "qat_int8.tflite"}
+    with pytest.raises(UserError, match="agrees with its QAT Keras model on only"):
+        agreement_check(files, {"qat_int8": wrong}, x, cfg.quantize.min_agreement, log=lambda *a: None)
+    # The same numbers pass against the probabilities the file itself produced.
+    result = agreement_check(files, {"qat_int8": probs}, x, cfg.quantize.min_agreement, log=lambda *a: None)
+    assert result["qat_int8"]["agreement"] == 1.0
+
+
+def test_missing_split_and_zero_qat_epochs_are_user_errors(quantized, tmp_path):
+    from mushroom.config import load_config
+    from mushroom.quantization import load_split, qat_finetune
+
+    _, folder, data_dir, _ = quantized
+    with pytest.raises(UserError, match="no 'val' photos"):
+        load_split(data_dir, "val", ["Boletus satanas"], SIZE)
+    with pytest.raises(UserError, match="does not exist"):
+        load_split(tmp_path, "train", SPECIES, SIZE)
+    cfg = load_config(None, ["quantize.qat_epochs=0"])
+    with pytest.raises(UserError, match="qat_epochs"):
+        qat_finetune(None, np.zeros((1, SIZE, SIZE, 3), np.uint8), np.zeros(1), cfg.quantize)
