@@ -294,6 +294,9 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+_FLOAT = __import__("re").compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def apply_override(data: dict, override: str) -> None:
     """Apply one `dotted.key=value` override in place; the value is parsed as YAML (8, null, [a, b])."""
     if "=" not in override:
@@ -307,6 +310,8 @@ def apply_override(data: dict, override: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
     node, schema = data, SCHEMA
     for i, part in enumerate(parts):
         prefix = ".".join(parts[: i + 1])

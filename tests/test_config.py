@@ -28,6 +28,7 @@ def test_demo_config_extends_main_and_overrides():
     assert cfg.model.weights is None
     assert cfg.wandb.project == "mushroom-quantization"  # inherited
     assert len(cfg.data.species_subset) == 6
+    assert load_config(None, ["quantize.qat_learning_rate=1e-4"]).quantize.qat_learning_rate == 1e-4
 
 
 @pytest.mark.parametrize("override, message", [
