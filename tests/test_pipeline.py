@@ -1,0 +1,67 @@
+import sys
+
+import pytest
+
+from mushroom.config import PROJECT_ROOT, load_config
+from mushroom.errors import UserError
+from mushroom.pipeline import Stage, _data_complete, _model_complete, _newer, plan, run_pipeline, run_stage
+
+
+def _cfg(tmp_path, *extra):
+    return load_config(PROJECT_ROOT / "configs/demo.yaml", [
+        f"paths.data_dir={tmp_path / 'data'}", f"paths.models_dir={tmp_path / 'models'}",
+        f"paths.reports_dir={tmp_path / 'reports'}", "wandb.mode=disabled", *extra])
+
+
+def test_plan_runs_every_stage_in_order_with_the_same_config(tmp_path):
+    cfg = _cfg(tmp_path)
+    stages = plan(cfg, "configs/demo.yaml", ["model.weights=null"], "../shared/data/fungi128", "date", False)
+    scripts = [s.argv[1] for s in stages]
+    assert scripts == ["download_data.py", "train_efficientnet_v2.py", "train_resnet_baseline.py",
+                       "quantize_qat.py", "quantize_qat.py", "evaluate.py", "update_results.py"]
+    assert stages[0].argv[-4:] == ["--from-folder", "../shared/data/fungi128", "--group-column", "date"]
+    assert stages[1].argv[2:4] == ["--variant", "b0"]
+    for s in stages:
+        assert s.argv[s.argv.index("--config") + 1] == "configs/demo.yaml"
+        assert "model.weights=null" in s.argv
+    assert stages[3].argv[2] == str(tmp_path / "models" / "demo-efficientnet_v2_b0")
+    assert not any(s.done() for s in stages)
+
+
+def test_completeness_checks(tmp_path, photo_folder):
+    from mushroom.importer import import_folder
+
+    cfg = _cfg(tmp_path)
+    data = tmp_path / "data"
+    assert not _data_complete(data)
+    import_folder(load_config(None, ["wandb.mode=disabled"]), photo_folder, "date", data)
+    assert _data_complete(data)
+    next(data.rglob("*.jpg")).unlink()
+    assert not _data_complete(data)  # a lost photo makes the stage run again
+    folder = tmp_path / "models" / "m"
+    folder.mkdir(parents=True)
+    (folder / "meta.json").write_text("{}")
+    assert not _model_complete(folder)
+    (folder / "model.keras").write_text("x")
+    assert _model_complete(folder)
+    target = tmp_path / "reports" / "metrics.json"
+    assert not _newer(target, [folder])
+    target.parent.mkdir()
+    target.write_text("[]")
+    assert _newer(target, [folder])
+    import os
+    os.utime(folder / "model.keras", (target.stat().st_mtime + 10,) * 2)
+    assert not _newer(target, [folder])  # a retrained model makes evaluation stale
+    assert cfg.experiment == "demo"
+
+
+def test_a_failing_stage_stops_the_run_and_is_named(tmp_path, monkeypatch):
+    ok = Stage("fine", [sys.executable, "-c", "print('hi')"], lambda: False)
+    assert run_stage(ok) == 0 and ok.status == "ok" and ok.seconds > 0 and ok.peak_rss_gb > 0
+    bad = Stage("broken stage", [sys.executable, "-c", "import sys; sys.exit(3)"], lambda: False)
+    skipped = Stage("already done", [sys.executable, "-c", "raise SystemExit(9)"], lambda: True)
+    monkeypatch.setattr("mushroom.pipeline.plan", lambda *a, **k: [skipped, ok, bad])
+    monkeypatch.setattr("mushroom.pipeline.imagenet_reachable", lambda: False)
+    with pytest.raises(UserError, match=r"stage 'broken stage' failed \(exit 3\)"):
+        run_pipeline(_cfg(tmp_path), "configs/demo.yaml", [])
+    assert skipped.status == "skipped" and bad.status == "failed"
