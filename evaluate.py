@@ -12,7 +12,8 @@ from pathlib import Path
 
 from mushroom import cli
 from mushroom.config import parse
-from mushroom.evaluation import FORMATS, evaluate_all, find_model_folders, log_to_wandb
+from mushroom.evaluation import FORMATS, evaluate_all, log_to_wandb
+from mushroom.modelio import find_model_folders
 
 
 def main(argv=None) -> int:

@@ -28,7 +28,8 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true", help="redo the QAT fine-tune and every conversion")
     args, cfg = parse(parser, argv)
     cli.set_seed(cfg.seed)
-    from mushroom.quantization import find_model_folders, quantize_model_folder
+    from mushroom.modelio import find_model_folders
+    from mushroom.quantization import quantize_model_folder
 
     folders = args.model_folders or find_model_folders(resolve_path(cfg, "models_dir"))
     if not folders:

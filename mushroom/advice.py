@@ -45,7 +45,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mushroom.species import DANGEROUS_GRADES, EDIBLE_GRADES, Species
+from mushroom.species import DANGEROUS_GRADES, Species
 
 REMINDER = ("A photo is never enough to eat a wild mushroom: have every find identified in person "
             "by an experienced mycologist or a mushroom inspector before eating any of it.")

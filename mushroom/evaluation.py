@@ -15,12 +15,10 @@ from typing import Callable
 
 import numpy as np
 
-from mushroom import metrics
+from mushroom import manifest, metrics
 from mushroom.config import EXPORT_FORMATS, Config
 from mushroom.errors import UserError
-from mushroom.images import load_image
-from mushroom.manifest import manifest_path, read_manifest
-from mushroom.modelio import META_FILE, MODEL_FILE, TEMPERATURE_FILE, TFLITE_DIR, read_meta, write_json
+from mushroom.modelio import MODEL_FILE, TEMPERATURE_FILE, TFLITE_DIR, read_meta, write_json
 from mushroom.species import Species
 
 FORMATS = ("keras",) + EXPORT_FORMATS
@@ -39,13 +37,6 @@ class Split:
     skipped: int            # photos of species the model does not know
 
 
-def find_model_folders(models_dir: str | os.PathLike) -> list[Path]:
-    root = Path(models_dir)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if (p / META_FILE).is_file() and (p / MODEL_FILE).is_file())
-
-
 def model_files(folder: Path) -> dict[str, Path]:
     """format -> file, for every format present in the folder, in FORMATS order."""
     found = {}
@@ -58,19 +49,10 @@ def model_files(folder: Path) -> dict[str, Path]:
     return found
 
 
-def load_split(data_dir: str | os.PathLike, split: str, class_names: list[str], size: int,
-               limit: int | None = None) -> Split:
-    rows = [r for r in read_manifest(manifest_path(data_dir)) if r["split"] == split]
-    index = {name: i for i, name in enumerate(class_names)}
-    known = [r for r in rows if r["species"] in index]
-    if limit:
-        known = known[:limit]
-    if not known:
-        raise UserError(f"the {split} split of {data_dir} has no photos of the model's species: "
-                        "import or download data for the species the model was trained on")
-    images = np.stack([load_image(Path(data_dir) / r["path"], size) for r in known])
-    labels = np.array([index[r["species"]] for r in known], dtype=np.int64)
-    return Split(images, labels, known, len(rows) - len(known))
+def load_split(data_dir: str | os.PathLike, split: str, class_names: list[str], size: int) -> Split:
+    images, labels, rows = manifest.load_split(data_dir, split, class_names, size)
+    total = len(manifest.split_rows(manifest.read_manifest(manifest.manifest_path(data_dir)), split))
+    return Split(images, labels, rows, total - len(rows))
 
 
 class Predictor:

@@ -12,8 +12,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+
 from mushroom.errors import UserError
-from mushroom.images import atomic_write
+from mushroom.images import atomic_write, load_image
 
 COLUMNS = ("photo_id", "observation_id", "taxon_id", "species", "split", "path", "url",
            "license_code", "attribution", "observer", "observation_url", "sha256", "width", "height")
@@ -73,3 +75,22 @@ def counts_table(rows: list[dict], extra: dict[str, dict[str, int]] | None = Non
         lines.append(s.ljust(width) + "".join(f"{v:>{w}}" for v, w in zip(vals, widths)))
     lines.append("total".ljust(width) + "".join(f"{totals[c]:>{w}}" for c, w in zip(cols, widths)))
     return "\n".join(lines)
+
+
+def load_split(data_dir: str | os.PathLike, split: str, class_names: list[str], size: int,
+               limit: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """(uint8 images (N, size, size, 3), labels by class_names index, manifest rows) of one split,
+    restricted to the model's classes, through the one image path; `limit` picks a seeded subset."""
+    data_dir = Path(data_dir)
+    rows = [r for r in split_rows(read_manifest(manifest_path(data_dir)), split) if r["species"] in class_names]
+    rows.sort(key=lambda r: r["path"])
+    if limit is not None and len(rows) > limit:
+        pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=limit, replace=False))
+        rows = [rows[i] for i in pick]
+    if not rows:
+        raise UserError(f"{manifest_path(data_dir)} has no '{split}' photos of the model's species: "
+                        "check --data-dir, or rerun download_data.py")
+    index = {name: i for i, name in enumerate(class_names)}
+    images = np.stack([load_image(data_dir / r["path"], size) for r in rows])
+    labels = np.array([index[r["species"]] for r in rows], np.int64)
+    return images, labels, rows

@@ -65,6 +65,14 @@ def read_temperature(folder: str | os.PathLike) -> float | None:
     return float(json.loads(path.read_text(encoding="utf-8"))["temperature"])
 
 
+def find_model_folders(models_dir: str | os.PathLike) -> list[Path]:
+    """Every complete model folder (model.keras and meta.json) directly under models_dir."""
+    root = Path(models_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / META_FILE).is_file() and (p / MODEL_FILE).is_file())
+
+
 def save_model_folder(folder: str | os.PathLike, model, meta: dict, history: dict | None = None) -> Path:
     """Write model.keras and meta.json (atomically, model last-but-one so meta marks completeness)."""
     folder = Path(folder)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from mushroom.errors import UserError
-from mushroom.keras_env import keras, tf
+from mushroom.keras_env import keras
 
 layers = keras.layers
 

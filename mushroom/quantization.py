@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from mushroom import images as imgs
-from mushroom import manifest as mf
 from mushroom.config import EXPORT_FORMATS, save_resolved
 from mushroom.errors import UserError
+from mushroom.manifest import load_split
 from mushroom.modelio import MODEL_FILE, TFLITE_DIR, load_model_folder, read_meta, write_json
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -42,25 +42,6 @@ def tflite_path(model_folder: str | os.PathLike, fmt: str) -> Path:
 
 
 # --- data ------------------------------------------------------------------------------------
-
-def load_split(data_dir: str | os.PathLike, split: str, class_names: list[str], size: int,
-               limit: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(uint8 images (N, size, size, 3), int labels by class_names index, paths) of one manifest
-    split, restricted to the model's classes; `limit` picks a fixed seeded subset."""
-    data_dir = Path(data_dir)
-    rows = [r for r in mf.split_rows(mf.read_manifest(mf.manifest_path(data_dir)), split) if r["species"] in class_names]
-    rows.sort(key=lambda r: r["path"])
-    if limit is not None and len(rows) > limit:
-        pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=limit, replace=False))
-        rows = [rows[i] for i in pick]
-    if not rows:
-        raise UserError(f"{mf.manifest_path(data_dir)} has no '{split}' photos of the model's species: "
-                        "check --data-dir, or rerun download_data.py")
-    index = {name: i for i, name in enumerate(class_names)}
-    images = np.stack([imgs.load_image(data_dir / r["path"], size) for r in rows])
-    labels = np.array([index[r["species"]] for r in rows], np.int64)
-    return images, labels, [r["path"] for r in rows]
-
 
 # --- QAT -------------------------------------------------------------------------------------
 
@@ -293,7 +274,7 @@ def quantize_model_folder(cfg, model_folder: str | os.PathLike, data_dir: str | 
     model, meta = load_model_folder(folder)
     train_x, train_y, _ = load_split(data_dir, "train", class_names, size)
     reps = train_x[np.sort(np.random.default_rng(seed).choice(len(train_x), min(len(train_x), qcfg.representative_images), replace=False))]
-    check_x, check_y, check_paths = load_split(data_dir, "val", class_names, size, limit=qcfg.check_images, seed=seed)
+    check_x, check_y, check_rows = load_split(data_dir, "val", class_names, size, limit=qcfg.check_images, seed=seed)
     timings["load_s"] = round(time.perf_counter() - t, 2)
 
     qat_file = folder / QAT_MODEL_FILE
@@ -349,7 +330,7 @@ def quantize_model_folder(cfg, model_folder: str | os.PathLike, data_dir: str | 
         "sizes_bytes": {fmt: p.stat().st_size for fmt, p in files.items()},
         "sizes_mb": {fmt: round(p.stat().st_size / 1e6, 3) for fmt, p in files.items()},
         "conversions": {fmt: conversions[fmt] for fmt in formats if fmt in conversions},
-        "check_images": check_paths,
+        "check_images": [r["path"] for r in check_rows],
         "keras_top1_on_check": {"float": round(float(np.mean(float_probs.argmax(1) == check_y)), 4)},
         "qat": {"epochs": qcfg.qat_epochs, "learning_rate": qcfg.qat_learning_rate,
                 "history": qat_history or previous.get("qat", {}).get("history")} if qat is not None else None,
@@ -374,12 +355,6 @@ def _read_report(folder: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except json.JSONDecodeError:
         return {}
-
-
-def find_model_folders(models_dir: str | os.PathLike) -> list[Path]:
-    """Every model folder (one holding model.keras and meta.json) directly under models_dir."""
-    root = Path(models_dir)
-    return sorted(p for p in root.iterdir() if (p / MODEL_FILE).is_file() and (p / "meta.json").is_file()) if root.is_dir() else []
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ def tiny_model_folder(tmp_path_factory):
     from mushroom.importer import import_folder
     from mushroom.modelio import save_model_folder
     from mushroom.models import build_model
-    from mushroom.quantization import convert, load_split
+    from mushroom.manifest import load_split
+    from mushroom.quantization import convert
     from mushroom.species import selected_species
 
     root = tmp_path_factory.mktemp("tiny")

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from mushroom.errors import UserError
-from mushroom.evaluation import CONTRACT_KEYS, evaluate_all, find_model_folders, latency_ms, model_files
+from mushroom.evaluation import CONTRACT_KEYS, evaluate_all, latency_ms, model_files
+from mushroom.modelio import find_model_folders
 
 
 def test_evaluate_writes_every_contract_key_per_format(tiny_model_folder, tmp_path):
