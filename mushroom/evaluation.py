@@ -105,6 +105,20 @@ def class_masks(species: list[Species]) -> tuple[np.ndarray, np.ndarray]:
     return (np.array([s.is_edible for s in species], bool), np.array([s.is_dangerous for s in species], bool))
 
 
+def verdict_rates(calibrated: np.ndarray, labels: np.ndarray, species: list[Species], cfg: Config) -> dict:
+    """What predict.py would say, photo by photo: the share of poisonous/deadly test photos that
+    get an "edible" verdict (the number a forager cares about; should be 0) and the share of
+    edible test photos that do (what the caution costs). None when the split has no such photo."""
+    from mushroom.advice import advise
+
+    verdicts = [advise(p, species, cfg.predict).verdict for p in calibrated]
+    def rate(mask):
+        picked = [v for v, m in zip(verdicts, mask) if m]
+        return sum(v == "edible" for v in picked) / len(picked) if picked else None
+    return {"dangerous_verdict_edible": rate([species[y].is_dangerous for y in labels]),
+            "edible_verdict_edible": rate([species[y].is_edible for y in labels])}
+
+
 def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str] | None = None,
                     log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
     """Metrics entries (one per format) for one model folder, plus arrays for plots."""
@@ -136,6 +150,7 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
         entry = {
             "model": folder.name, "format": fmt, **summary,
             "ece_calibrated": metrics.expected_calibration_error(calibrated, test.labels, cfg.evaluate.ece_bins),
+            **verdict_rates(calibrated, test.labels, species, cfg),
             "top1_calibrated_unchanged": bool((calibrated.argmax(1) == probs.argmax(1)).all()),
             "temperature": temperature,
             "size_mb": files[fmt].stat().st_size / 1e6,

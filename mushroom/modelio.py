@@ -78,7 +78,12 @@ def save_model_folder(folder: str | os.PathLike, model, meta: dict, history: dic
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / ".partial-model.keras"
-    model.save(tmp)
+    # Without the optimizer state (Adam keeps two more copies of every weight): this is the file a
+    # user ships and evaluate.py sizes; training never resumes from it.
+    # The .keras format has no include_optimizer flag: save an uncompiled twin sharing the layers.
+    from mushroom.keras_env import keras
+
+    keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)
     os.replace(tmp, folder / MODEL_FILE)
     if history is not None:
         write_json(folder / HISTORY_FILE, history)

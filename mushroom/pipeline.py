@@ -32,7 +32,7 @@ BANNER = "!" * 100
 @dataclass
 class Stage:
     name: str
-    argv: list[str]
+    argv: list[str] | Callable[[], list[str]]
     done: Callable[[], bool]
     seconds: float | None = None
     peak_rss_gb: float | None = None
@@ -114,16 +114,24 @@ def plan(cfg: Config, config_path: str, overrides: list[str], from_folder: str |
               lambda: _newer(reports_dir / "metrics.json", [effnet, resnet, data_dir / "manifest.csv"]) and not force),
         Stage("README results", [py, "update_results.py", *common], lambda: False),
     ]
-    example = sorted((data_dir / "test").rglob("*.jpg"))
-    if example:
-        stages.append(Stage("predict example", [py, "predict.py", str(example[0]), *common], lambda: False))
+    # The photo is chosen when the stage runs: on a first run data/test does not exist yet.
+    stages.append(Stage("predict example", lambda: [py, "predict.py", _example_photo(data_dir), *common],
+                        lambda: False))
     return stages
 
 
+def _example_photo(data_dir: Path) -> str:
+    photos = sorted((data_dir / "test").rglob("*.jpg"))
+    if not photos:
+        raise UserError(f"no test photo under {data_dir / 'test'} for the predict example")
+    return str(photos[0])
+
+
 def run_stage(stage: Stage) -> int:
-    print(f"\n=== {stage.name}: {shlex.join(stage.argv[1:])}", flush=True)
+    argv = stage.argv() if callable(stage.argv) else stage.argv
+    print(f"\n=== {stage.name}: {shlex.join(argv[1:])}", flush=True)
     start = time.perf_counter()
-    proc = subprocess.Popen(stage.argv, cwd=PROJECT_ROOT)
+    proc = subprocess.Popen(argv, cwd=PROJECT_ROOT)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     stage.seconds = time.perf_counter() - start

@@ -21,7 +21,9 @@ from mushroom.images import atomic_write  # noqa: E402
 TABLE_COLUMNS = (
     ("model", "model", "{}"), ("format", "format", "{}"), ("top-1", "top1", "{:.3f}"),
     ("top-5", "top5", "{:.3f}"), ("macro F1", "macro_f1", "{:.3f}"), ("edible F1", "edible_f1", "{:.3f}"),
-    ("dangerous error", "dangerous_error", "{:.3f}"), ("ECE", "ece", "{:.3f}"),
+    ("dangerous error", "dangerous_error", "{:.3f}"),
+    ("dangerous → 'edible' verdict", "dangerous_verdict_edible", "{:.3f}"),
+    ("edible → 'edible' verdict", "edible_verdict_edible", "{:.3f}"), ("ECE", "ece", "{:.3f}"),
     ("ECE after T", "ece_calibrated", "{:.3f}"), ("T", "temperature", "{:.2f}"),
     ("size MB", "size_mb", "{:.2f}"), ("latency ms (median)", "latency_ms_median", "{:.1f}"),
     ("p95 ms", "latency_ms_p95", "{:.1f}"), ("threads", "threads", "{}"),

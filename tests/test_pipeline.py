@@ -16,9 +16,15 @@ def _cfg(tmp_path, *extra):
 def test_plan_runs_every_stage_in_order_with_the_same_config(tmp_path):
     cfg = _cfg(tmp_path)
     stages = plan(cfg, "configs/demo.yaml", ["model.weights=null"], "../shared/data/fungi128", "date", False)
-    scripts = [s.argv[1] for s in stages]
+    scripts = [s.argv[1] for s in stages[:-1]]
     assert scripts == ["download_data.py", "train_efficientnet_v2.py", "train_resnet_baseline.py",
                        "quantize_qat.py", "quantize_qat.py", "evaluate.py", "update_results.py"]
+    with pytest.raises(UserError, match="no test photo"):
+        stages[-1].argv()  # the predict example picks its photo once the data exists
+    (tmp_path / "data/test/Boletus_edulis").mkdir(parents=True)
+    (tmp_path / "data/test/Boletus_edulis/1.jpg").write_bytes(b"x")
+    assert stages[-1].argv()[1:3] == ["predict.py", str(tmp_path / "data/test/Boletus_edulis/1.jpg")]
+    stages = stages[:-1]
     assert stages[0].argv[-4:] == ["--from-folder", "../shared/data/fungi128", "--group-column", "date"]
     assert stages[1].argv[2:4] == ["--variant", "b0"]
     for s in stages:
