@@ -112,14 +112,18 @@ def tradeoff_plot(entries: list[dict], path: Path) -> Path:
     for model in dict.fromkeys(e["model"] for e in entries):
         group = [e for e in entries if e["model"] == model]
         ax.plot([e["size_mb"] for e in group], [e["top1"] for e in group], "-", color="0.8", zorder=1)
+        # Area grows with latency but is capped, so a slow Keras row does not hide the others.
         sc = ax.scatter([e["size_mb"] for e in group], [e["top1"] for e in group],
-                        s=[20 + 8 * (e["latency_ms_median"] or 0) for e in group], zorder=2, label=model)
-        for e in group:
+                        s=[20 + 6 * min(e["latency_ms_median"] or 0, 40) for e in group], zorder=2, label=model)
+        for i, e in enumerate(group):
             ax.annotate(f"{e['format']} {e['latency_ms_median'] or 0:.1f} ms", (e["size_mb"], e["top1"]),
-                        fontsize=7, xytext=(4, 4), textcoords="offset points", color=sc.get_facecolor()[0])
+                        fontsize=7, xytext=(5, 4 - 9 * (i % 2)), textcoords="offset points",
+                        color=sc.get_facecolor()[0])
     ax.set(xscale="log", xlabel="model file size (MB, log scale)", ylabel="test top-1",
-           title="Accuracy / size / latency (marker area ~ latency)")
-    ax.legend(fontsize=8)
+           title="Accuracy / size / latency (marker area ~ latency, capped at 40 ms)")
+    legend = ax.legend(fontsize=8)
+    for handle in legend.legend_handles:
+        handle.set_sizes([40])
     return _save(fig, path)
 
 
