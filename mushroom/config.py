@@ -168,6 +168,7 @@ SCHEMA: dict = {
         "representative_images": POS_INT,
         "check_images": POS_INT,
         "min_agreement": FRACTION,
+        "parallel_conversions": Type(int, low=1, high=16),
     },
     "evaluate": {
         "ece_bins": Type(int, low=2, high=100),

@@ -60,7 +60,8 @@ def quantized(tmp_path_factory):
     model = train_tiny(data_dir)
     folder = save_model_folder(root / "models" / "tiny", model, tiny_meta())
     cfg = load_config(None, ["wandb.mode=disabled", "quantize.qat_epochs=3", "quantize.qat_learning_rate=1.0e-4",
-                             "quantize.representative_images=16", "quantize.check_images=12", "train.batch_size=12"])
+                             "quantize.representative_images=16", "quantize.check_images=12", "train.batch_size=12",
+                             "quantize.parallel_conversions=2"])
     report = quantize_model_folder(cfg, folder, data_dir, log=lambda *a: None)
     return cfg, folder, data_dir, report
 
