@@ -58,11 +58,13 @@ def read_meta(folder: str | os.PathLike) -> dict:
         raise UserError(f"{path} is not valid JSON ({exc}): retrain or restore the model folder") from None
 
 
-def read_temperature(folder: str | os.PathLike) -> float | None:
+def read_temperature(folder: str | os.PathLike, fmt: str | None = None) -> float | None:
+    """The temperature evaluate.py fitted for `fmt` (else its reference format); None if not evaluated."""
     path = Path(folder) / TEMPERATURE_FILE
     if not path.is_file():
         return None
-    return float(json.loads(path.read_text(encoding="utf-8"))["temperature"])
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return float(data.get("by_format", {}).get(fmt, data["temperature"]))
 
 
 def find_model_folders(models_dir: str | os.PathLike) -> list[Path]:

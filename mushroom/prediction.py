@@ -15,7 +15,7 @@ from mushroom.advice import Answer, advise
 from mushroom.config import Config
 from mushroom.errors import UserError
 from mushroom.images import IMAGE_SUFFIXES, load_image
-from mushroom.modelio import META_FILE, TEMPERATURE_FILE, TFLITE_DIR, read_meta
+from mushroom.modelio import META_FILE, TFLITE_DIR, read_meta, read_temperature
 from mushroom.species import Species, all_species
 
 # Preference when no --model is given: the smallest, fastest files first (what a phone would ship).
@@ -71,14 +71,6 @@ def resolve_model(model: str | os.PathLike | None, models_dir, reports_dir=None)
     return path, folder, fmt
 
 
-def read_temperature_for(folder: Path, fmt: str) -> float | None:
-    path = folder / TEMPERATURE_FILE
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return float(data.get("by_format", {}).get(fmt, data["temperature"]))
-
-
 def iter_photos(inputs: list[str]) -> Iterator[Path]:
     """Files as given (even with odd suffixes, so a non-image gets its own clear error); folders
     expanded to the image files inside them, sorted."""
@@ -115,7 +107,7 @@ class Forager:
         species = [Species.from_dict(s) for s in meta["species"]]
         runtime = TFLiteModel(path, num_threads=threads)
         return cls(path, folder, fmt, runtime, species, all_species(cfg), int(meta["image_size"]),
-                   read_temperature_for(folder, fmt), dict(cfg.predict))
+                   read_temperature(folder, fmt), dict(cfg.predict))
 
     def probabilities(self, photo: Path) -> np.ndarray:
         if photo.is_dir():
