@@ -40,6 +40,7 @@ def _make_photo_folder(root: Path, species: list[str], per_species: int) -> Path
                 base = np.zeros((96, 128, 3), np.uint8)
                 base[..., k % 3] = 200
                 base = np.clip(base + rng.integers(0, 40, base.shape), 0, 255).astype(np.uint8)
+                base[:16, :16] = 255  # real photos span [0, 255]; so must the stand-ins (int8 calibration)
                 Image.fromarray(base).save(dest, quality=90)
             rows.append(f"{folder}/{dest.name},{name},2020-09-{1 + i // 3:02d},test")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
