@@ -119,6 +119,11 @@ SPECIES_SCHEMA = {
     "look_alikes": ListOf(STR),
 }
 
+# Species never trained, downloaded only to measure unknown-species detection: the same fields, but the
+# taxon id may be null (looked up by name on iNaturalist).
+EVALUATION_SPECIES_SCHEMA = {**SPECIES_SCHEMA, "taxon_id": Optional(POS_INT)}
+UNKNOWN_SCORES = ("msp", "energy", "max_logit", "mahalanobis")
+
 SCHEMA: dict = {
     "experiment": STR,
     "seed": NONNEG_INT,
@@ -151,6 +156,7 @@ SCHEMA: dict = {
         "dropout": Type(float, low=0.0, high=0.95),
         "hidden_units": NONNEG_INT,
     },
+    "baseline": {"model": STR, "weights": Optional(STR)},
     "train": {
         "batch_size": POS_INT,
         "cache": BOOL,
@@ -181,6 +187,13 @@ SCHEMA: dict = {
         "edible_threshold": FRACTION,
         "danger_threshold": FRACTION,
         "not_edible_threshold": FRACTION,
+        "unknown_recall": Type(float, low=0.5, high=1.0),
+    },
+    "open_set": {
+        "unknown_species": Optional(ListOf(STR, unique=True)),
+        "max_photos_per_species": POS_INT,
+        "unknown_val_fraction": Type(float, low=0.1, high=0.9),
+        "score": Choice("auto", *UNKNOWN_SCORES),
     },
     "wandb": {
         "project": STR,
@@ -189,6 +202,7 @@ SCHEMA: dict = {
         "init_timeout_s": POS_FLOAT,
     },
     "species": ListOf(SPECIES_SCHEMA),
+    "evaluation_species": ListOf(EVALUATION_SPECIES_SCHEMA),
 }
 
 
@@ -337,20 +351,32 @@ def validate(data: dict) -> Config:
         raise ConfigError(f"config key 'data.split' fractions must add up to 1, they add up to {total:g}")
     if split["train"] <= 0:
         raise ConfigError("config key 'data.split.train' must be above 0")
-    names: dict[str, int] = {}
-    ids: dict[int, int] = {}
-    for i, sp in enumerate(checked["species"]):
+    names: dict[str, str] = {}
+    ids: dict[int, str] = {}
+    entries = [(f"species[{i}]", sp) for i, sp in enumerate(checked["species"])]
+    entries += [(f"evaluation_species[{i}]", sp) for i, sp in enumerate(checked["evaluation_species"])]
+    for key, sp in entries:
         if sp["name"] in names:
-            raise ConfigError(f"config key 'species[{i}].name' repeats species '{sp['name']}' (first at species[{names[sp['name']]}])")
-        if sp["taxon_id"] in ids:
-            raise ConfigError(f"config key 'species[{i}].taxon_id' repeats taxon id {sp['taxon_id']} (first at species[{ids[sp['taxon_id']]}])")
-        names[sp["name"]] = i
-        ids[sp["taxon_id"]] = i
-    if not names:
+            raise ConfigError(f"config key '{key}.name' repeats species '{sp['name']}' (first at {names[sp['name']]})")
+        if sp["taxon_id"] is not None and sp["taxon_id"] in ids:
+            raise ConfigError(f"config key '{key}.taxon_id' repeats taxon id {sp['taxon_id']} (first at {ids[sp['taxon_id']]})")
+        names[sp["name"]] = key
+        if sp["taxon_id"] is not None:
+            ids[sp["taxon_id"]] = key
+    if not checked["species"]:
         raise ConfigError("config key 'species' must list at least one species")
-    for i, name in enumerate(checked["data"]["species_subset"] or []):
-        if name not in names:
+    table = {sp["name"] for sp in checked["species"]}
+    subset = checked["data"]["species_subset"] or []
+    for i, name in enumerate(subset):
+        if name not in table:
             raise ConfigError(f"config key 'data.species_subset[{i}]' names '{name}', which is not in 'species'")
+    for i, name in enumerate(checked["open_set"]["unknown_species"] or []):
+        if name not in names:
+            raise ConfigError(f"config key 'open_set.unknown_species[{i}]' names '{name}', which is in neither "
+                              "'species' nor 'evaluation_species'")
+        if name in subset or (not subset and name in table):
+            raise ConfigError(f"config key 'open_set.unknown_species[{i}]' names '{name}', which the model trains "
+                              "on (data.species_subset): a species cannot be both known and unknown")
     return _wrap(checked)
 
 
@@ -377,7 +403,7 @@ def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),
                         help="YAML config (default: config.yaml; the demo uses configs/demo.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key, e.g. --set train.epochs=3 (repeatable)")
+                        help="override one config key, e.g. --set train.batch_size=8 (repeatable)")
     return parser
 
 

@@ -47,6 +47,21 @@ def _resnet50(inputs, weights):
     return base.output, base
 
 
+def _mobilenet_v2(inputs, weights):
+    # MobileNetV2 wants [-1, 1]: x / 127.5 - 1, as the model's first layer (one Rescaling, which the
+    # QuantizeConfig table already covers). A .tflite weights file is an int8 checkpoint read by
+    # mushroom.tflite_weights (the only ImageNet weights an offline machine has).
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling")(inputs)
+    checkpoint = weights if weights not in (None, "imagenet") and str(weights).endswith(".tflite") else None
+    base = keras.applications.MobileNetV2(alpha=1.0, include_top=False, input_tensor=x,
+                                          weights=None if checkpoint else weights)
+    if checkpoint:
+        from mushroom.tflite_weights import load_checkpoint
+
+        load_checkpoint(base, checkpoint)
+    return base.output, base
+
+
 def _tiny(inputs, weights):
     """A seconds-to-train stand-in with the same kinds of layers as EfficientNetV2 (Rescaling,
     conv, batch norm, swish, squeeze-excite Multiply) for tests."""
@@ -73,6 +88,7 @@ BACKBONES: dict[str, Backbone] = {
     "efficientnet_v2_s": Backbone(_keras_application(keras.applications.EfficientNetV2S), "efficientnet_v2", 384),
     "efficientnet_v2_b0": Backbone(_keras_application(keras.applications.EfficientNetV2B0), "efficientnet_v2", 224),
     "resnet50": Backbone(_resnet50, "resnet50_caffe", 224),
+    "mobilenet_v2": Backbone(_mobilenet_v2, "mobilenet_v2", 224),
     "tiny": Backbone(_tiny, "tiny", 64),
 }
 
@@ -87,7 +103,8 @@ def _weights_arg(weights: str | None):
     from pathlib import Path
 
     if not Path(weights).expanduser().is_file():
-        raise UserError(f"model.weights file {weights} does not exist: give a Keras weights file, 'imagenet' or null")
+        raise UserError(f"model.weights file {weights} does not exist: give a Keras weights file (or, for "
+                        "mobilenet_v2, a .tflite checkpoint), 'imagenet' or null")
     return str(Path(weights).expanduser())
 
 

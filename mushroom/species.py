@@ -19,7 +19,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9-]+")
 class Species:
     name: str                # scientific name, as on iNaturalist
     common_name: str
-    taxon_id: int
+    taxon_id: int | None     # None only for evaluation-only species (looked up by name)
     edibility: str           # one of EDIBILITY_GRADES
     notes: str = ""
     look_alikes: tuple[str, ...] = field(default_factory=tuple)
@@ -43,7 +43,7 @@ class Species:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Species":
-        return cls(name=d["name"], common_name=d["common_name"], taxon_id=int(d["taxon_id"]),
+        return cls(name=d["name"], common_name=d["common_name"], taxon_id=None if d.get("taxon_id") is None else int(d["taxon_id"]),
                    edibility=d["edibility"], notes=d.get("notes", ""),
                    look_alikes=tuple(d.get("look_alikes", ())))
 
@@ -69,6 +69,35 @@ def selected_species(cfg: Config) -> list[Species]:
         wanted = set(subset)
         species = [s for s in species if s.name in wanted]
     return species
+
+
+def evaluation_species(cfg: Config) -> list[Species]:
+    """Species that are never trained, only used as unknowns (cfg.evaluation_species)."""
+    return [Species.from_dict(s) for s in cfg.evaluation_species]
+
+
+def graded_species(cfg: Config) -> list[Species]:
+    """Every species the project has a grade for: the table, then the evaluation-only species. The
+    advice resolves look-alikes against this, so a look-alike outside the table still has a grade."""
+    return all_species(cfg) + evaluation_species(cfg)
+
+
+def unknown_species(cfg: Config) -> list[Species]:
+    """The species treated as unknown (never trained; photos only to measure unknown detection):
+    open_set.unknown_species, or by default every table species outside data.species_subset plus
+    every evaluation-only species."""
+    known = {s.name for s in selected_species(cfg)}
+    graded = graded_species(cfg)
+    names = cfg.open_set.unknown_species
+    if names is None:
+        return [s for s in graded if s.name not in known]
+    wanted = set(names)
+    return [s for s in graded if s.name in wanted]
+
+
+def import_species(cfg: Config) -> list[Species]:
+    """What download_data.py fetches or imports: the known species, then the unknown ones."""
+    return selected_species(cfg) + unknown_species(cfg)
 
 
 def by_folder(species: list[Species]) -> dict[str, Species]:

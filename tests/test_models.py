@@ -17,7 +17,7 @@ def every_model():
 
 def test_registry_names():
     assert set(models.model_names()) == {"efficientnet_v2_m", "efficientnet_v2_s", "efficientnet_v2_b0",
-                                         "resnet50", "tiny"}
+                                         "mobilenet_v2", "resnet50", "tiny"}
 
 
 def test_every_model_scales_pixels_inside_itself_and_is_flat(every_model):
@@ -26,13 +26,13 @@ def test_every_model_scales_pixels_inside_itself_and_is_flat(every_model):
         assert model.layers[1] is scaling, name
         assert not any(isinstance(l, keras.Model) for l in model.layers), f"{name} has a nested Model"
         assert {"head_pool", "head_dropout", "head_probs"} <= models.head_layer_names(model), name
-        assert models.preprocessing_of(name) in ("efficientnet_v2", "resnet50_caffe", "tiny")
+        assert models.preprocessing_of(name) in ("efficientnet_v2", "mobilenet_v2", "resnet50_caffe", "tiny")
         # raw [0, 255] pixels are what the scaling expects: it maps them into the backbone's range
         out = scaling(np.full((1, 32, 32, 3), 255.0, np.float32)).numpy()
         assert out.max() < 200.0, name
 
 
-@pytest.mark.parametrize("name", ["efficientnet_v2_b0", "resnet50", "tiny"])
+@pytest.mark.parametrize("name", ["efficientnet_v2_b0", "mobilenet_v2", "resnet50", "tiny"])
 def test_build_outputs_probabilities(name, every_model):
     model = every_model[name]
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
