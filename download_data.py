@@ -5,9 +5,11 @@
     python download_data.py --set data.max_photos_per_species=40 --set data.place_id=null
     python download_data.py --from-folder ../shared/data/fungi128 --group-column date   # offline import
 
+Fetches the species the model learns (data.species_subset) and the unknown species it is only
+evaluated on (open_set.unknown_species, at most open_set.max_photos_per_species photos each).
 Writes data/{train,val,test}/<Species_name>/<photo_id>.jpg, data/manifest.csv and
 data/config.resolved.yaml. After an interruption, rerun the same command: it fetches only what
-is missing. --force forgets what earlier runs stored for the selected species and starts again.
+is missing. --force forgets what earlier runs stored for these species and starts again.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def main() -> int:
                              "(e.g. date); without it each photo is its own group")
     parser.add_argument("--data-dir", metavar="DIR", help="where data goes (default: paths.data_dir of the config)")
     parser.add_argument("--force", action="store_true",
-                        help="redo the selected species instead of resuming what earlier runs stored")
+                        help="redo the known and unknown species instead of resuming what earlier runs stored")
     args, cfg = parse(parser)
     if args.group_column and not args.from_folder:
         parser.error("--group-column only applies with --from-folder")

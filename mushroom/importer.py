@@ -3,6 +3,11 @@ data/{train,val,test}/<Species_name>/<photo_id>.jpg and data/manifest.csv, split
 
 This is how a user brings Kaggle, DF20 or their own photos, and how the pipeline runs offline.
 Photos of one group (a column of the source manifest: observation, date, ...) never cross splits.
+
+What is imported: species.import_species, i.e. the species the model learns (data.species_subset,
+at most data.max_photos_per_species photos each) and the unknown ones, only ever evaluated
+(open_set.unknown_species, at most open_set.max_photos_per_species each). Both are split alike and
+the manifest does not say which is which: the config decides that when the data is used.
 """
 from __future__ import annotations
 
@@ -18,20 +23,22 @@ from pathlib import Path
 from mushroom.config import Config
 from mushroom.errors import UserError
 from mushroom.images import IMAGE_SUFFIXES, BadImage, atomic_write, decode, describe_bytes, remove_partials
-from mushroom.manifest import counts_table, manifest_path, read_manifest, write_manifest
-from mushroom.species import Species, all_species, by_folder, folder_name, selected_species
+from mushroom.manifest import UNKNOWN, counts_table, manifest_path, read_manifest, species_roles, write_manifest
+from mushroom.species import (Species, by_folder, folder_name, graded_species, import_species, selected_species,
+                              unknown_species)
 from mushroom.splits import assign_splits
 
 
 @dataclass
 class ImportReport:
     rows: list[dict]                                   # manifest rows of the imported species
+    roles: dict[str, str] = field(default_factory=dict)  # species -> known | unknown (manifest.species_roles)
     added: int = 0                                     # photos written by this run
     kept: int = 0                                      # photos already in place from an earlier run
     failed: Counter = field(default_factory=Counter)   # species -> unreadable photos
     duplicates: Counter = field(default_factory=Counter)  # species -> photos with a sha256 seen before
-    unknown_species: list[str] = field(default_factory=list)   # folders matching no species in the config
-    unselected_species: list[str] = field(default_factory=list)  # known species left out by data.species_subset
+    unmatched_folders: list[str] = field(default_factory=list)  # folders matching no species in the config
+    left_out_species: list[str] = field(default_factory=list)   # configured species neither known nor unknown
     group_column: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -41,14 +48,19 @@ class ImportReport:
             extra["duplicate"] = dict(self.duplicates)
         if self.failed:
             extra["failed"] = dict(self.failed)
-        lines = [counts_table(self.rows, extra), "",
-                 f"{self.added} photos added, {self.kept} already in place, "
-                 f"{sum(self.failed.values())} unreadable, {sum(self.duplicates.values())} duplicates skipped; "
-                 f"grouped by {self.group_column or 'photo (no group column)'}"]
-        if self.unknown_species:
-            lines.append("not in config.yaml (skipped): " + ", ".join(self.unknown_species))
-        if self.unselected_species:
-            lines.append("left out by data.species_subset: " + ", ".join(self.unselected_species))
+        lines = [counts_table(self.rows, extra, self.roles)]
+        if UNKNOWN in self.roles.values():
+            lines.append("known: the species the model learns (data.species_subset); "
+                         "unknown: evaluation only, never trained (open_set.unknown_species)")
+        lines += ["",
+                  f"{self.added} photos added, {self.kept} already in place, "
+                  f"{sum(self.failed.values())} unreadable, {sum(self.duplicates.values())} duplicates skipped; "
+                  f"grouped by {self.group_column or 'photo (no group column)'}"]
+        if self.unmatched_folders:
+            lines.append("not in config.yaml (skipped): " + ", ".join(self.unmatched_folders))
+        if self.left_out_species:
+            lines.append("left out, in neither data.species_subset nor open_set.unknown_species: "
+                         + ", ".join(self.left_out_species))
         lines += self.notes
         return "\n".join(lines)
 
@@ -96,16 +108,20 @@ def import_folder(cfg: Config, source_dir: str | os.PathLike, group_column: str 
         report.notes.append("no --group-column given: every photo is its own group, so near-duplicate photos "
                             "of one mushroom may land in different splits and inflate val/test scores")
 
-    known = by_folder(all_species(cfg))
-    wanted = {s.folder for s in selected_species(cfg)}
+    configured = by_folder(graded_species(cfg))
+    wanted = {s.folder for s in import_species(cfg)}
+    unknown = {s.name for s in unknown_species(cfg)}
+    caps = {s.name: (cfg.data.max_photos_per_species, "data.max_photos_per_species") for s in selected_species(cfg)}
+    caps |= {name: (cfg.open_set.max_photos_per_species, "open_set.max_photos_per_species") for name in unknown}
+    report.roles = species_roles(cfg)
     candidates: list[tuple[Species, Path, str]] = []   # (species, file, group)
     for sub in sorted(p for p in source.iterdir() if p.is_dir()):
-        species = known.get(folder_name(sub.name))
+        species = configured.get(folder_name(sub.name))
         if species is None:
-            report.unknown_species.append(sub.name)
+            report.unmatched_folders.append(sub.name)
             continue
         if species.folder not in wanted:
-            report.unselected_species.append(species.name)
+            report.left_out_species.append(species.name)
             continue
         for file in sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
             rel = os.path.normpath(str(file.relative_to(source)))
@@ -114,6 +130,10 @@ def import_folder(cfg: Config, source_dir: str | os.PathLike, group_column: str 
     if not candidates:
         raise UserError(f"no photos of the configured species found in {source}: expected "
                         f"{source}/<Species_name>/*.jpg with names from config.yaml, e.g. {next(iter(wanted))}")
+    # Known species first (folder order within each role), so a photo whose bytes also lie in an
+    # unknown species' folder stays with the known one: what the model learns from never depends on
+    # which unknown species are imported.
+    candidates.sort(key=lambda c: c[0].name in unknown)
 
     remove_partials(data_dir)
     mpath = manifest_path(data_dir)
@@ -139,7 +159,7 @@ def import_folder(cfg: Config, source_dir: str | os.PathLike, group_column: str 
         seen_sha.add(sha)
         photos.append((species, _photo_id(file), group, data, file, sha, width, height))
 
-    photos = _cap_per_species(photos, cfg.data.max_photos_per_species, cfg.seed, report)
+    photos = _cap_per_species(photos, caps, cfg.seed, report)
     sizes = Counter((sp.name, group) for sp, _, group, *_ in photos)
     fixed = {}
     for sp, pid, group, *_ in photos:
@@ -182,9 +202,11 @@ def import_folder(cfg: Config, source_dir: str | os.PathLike, group_column: str 
     return report
 
 
-def _cap_per_species(photos: list[tuple], cap: int, seed: int, report: ImportReport) -> list[tuple]:
-    """At most `cap` photos per species (data.max_photos_per_species), taken whole group by whole
-    group in a seeded order, so the cap never splits a burst of one mushroom more than once."""
+def _cap_per_species(photos: list[tuple], caps: dict[str, tuple[int, str]], seed: int,
+                     report: ImportReport) -> list[tuple]:
+    """At most caps[species] = (cap, its config key) photos per species, taken whole group by whole
+    group in a seeded order, so the cap never splits a burst of one mushroom more than once. The
+    order depends only on the seed and the species, never on which other species are imported."""
     import random
 
     by_species: dict[str, dict[str, list[tuple]]] = {}
@@ -192,6 +214,7 @@ def _cap_per_species(photos: list[tuple], cap: int, seed: int, report: ImportRep
         by_species.setdefault(p[0].name, {}).setdefault(p[2], []).append(p)
     kept = []
     for name, groups in by_species.items():
+        cap, key = caps[name]
         order = sorted(groups)
         random.Random(f"{seed}:cap:{name}").shuffle(order)
         taken: list[tuple] = []
@@ -201,7 +224,7 @@ def _cap_per_species(photos: list[tuple], cap: int, seed: int, report: ImportRep
             taken += groups[g][: cap - len(taken)]
         if len(taken) < sum(len(v) for v in groups.values()):
             report.notes.append(f"{name}: kept {len(taken)} of {sum(len(v) for v in groups.values())} photos "
-                                f"(data.max_photos_per_species={cap})")
+                                f"({key}={cap})")
         kept += taken
     return kept
 

@@ -9,9 +9,15 @@ comes from config (data.api_base_url) and is handed to its request/paginator hel
 it at a local fake server. Its caches stay in memory and disabled: the SQLite cache would
 otherwise store every photo.
 
+Which species: species.import_species, the ones the model learns (data.species_subset, at most
+data.max_photos_per_species photos each) and the unknown ones, only ever evaluated
+(open_set.unknown_species, at most open_set.max_photos_per_species each). The manifest does not say
+which is which: the config decides when the data is used. An evaluation species without a taxon id
+is looked up by its name; one iNaturalist does not know is skipped with a warning.
+
 Each species: verify its taxon id, list observations with photos in ascending id order (paging
-with id_above), keep at most data.max_photos_per_observation photos per observation and
-data.max_photos_per_species per species, each photo checked against data.licenses by its own
+with id_above), keep at most data.max_photos_per_observation photos per observation and the
+species' cap, each photo checked against data.licenses by its own
 license_code, and download them at data.photo_size with data.download_workers threads. Splits
 are made by observation (mushroom.splits) and written to data/.inat-splits.json before any photo
 is fetched, so a resumed run puts every photo where an uninterrupted run would have.
@@ -51,8 +57,9 @@ from urllib3.util import Retry
 from mushroom.config import Config
 from mushroom.errors import ConfigError, NetworkError, UserError
 from mushroom.images import BadImage, atomic_write, decode, describe_bytes, remove_partials
-from mushroom.manifest import SPLITS, counts_table, manifest_path, read_manifest, write_manifest
-from mushroom.species import Species, selected_species
+from mushroom.manifest import (SPLITS, UNKNOWN, counts_table, manifest_path, read_manifest, species_roles,
+                               write_manifest)
+from mushroom.species import Species, import_species, selected_species, unknown_species
 from mushroom.splits import assign_splits
 
 log = logging.getLogger(__name__)
@@ -231,8 +238,10 @@ class DownloadReport:
     skipped_license: Counter = field(default_factory=Counter)  # species -> photos refused for their license
     failed: Counter = field(default_factory=Counter)         # species -> photos that could not be fetched
     duplicates: int = 0                                      # same photo id or same bytes reached again
+    roles: dict[str, str] = field(default_factory=dict)      # species -> known | unknown (manifest.species_roles)
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -241,7 +250,11 @@ class DownloadReport:
     def summary(self) -> str:
         lines = [counts_table(self.rows, extra={"new": dict(self.added),
                                                 "skipped_license": dict(self.skipped_license),
-                                                "failed": dict(self.failed)})]
+                                                "failed": dict(self.failed)}, roles=self.roles)]
+        if UNKNOWN in self.roles.values():
+            lines.append("known: the species the model learns (data.species_subset); "
+                         "unknown: evaluation only, never trained (open_set.unknown_species)")
+        lines += self.notes
         if self.duplicates:
             lines.append(f"{self.duplicates} photo(s) reached twice (same photo id or same bytes) were stored once")
         for msg in self.failures[:10]:
@@ -359,14 +372,16 @@ def photo_path(data_dir: Path, split: str, species: Species, photo_id: int) -> P
 # --- the download ------------------------------------------------------------------------------
 def download_dataset(cfg: Config, data_dir: str | os.PathLike, force: bool = False,
                      progress: bool = True) -> DownloadReport:
-    """Download the configured species into data_dir (resumable); `force` forgets and refetches
-    what earlier iNaturalist runs stored there for these species."""
+    """Download the known and unknown species (species.import_species) into data_dir (resumable);
+    `force` forgets and refetches what earlier iNaturalist runs stored there for these species."""
     check_api_settings(cfg)
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     remove_partials(data_dir)
-    species = selected_species(cfg)
-    report = DownloadReport(data_dir)
+    species = import_species(cfg)
+    caps = {s.name: cfg.data.max_photos_per_species for s in selected_species(cfg)}
+    caps |= {s.name: cfg.open_set.max_photos_per_species for s in unknown_species(cfg)}
+    report = DownloadReport(data_dir, roles=species_roles(cfg))
     found = read_manifest(manifest_path(data_dir), missing_ok=True)
     state = read_state(data_dir)
     rows = _forget(data_dir, found, state, species) if force else found
@@ -381,7 +396,8 @@ def download_dataset(cfg: Config, data_dir: str | os.PathLike, force: bool = Fal
             taxa = resolve_taxa(api, species, report)
             for sp in species:
                 if sp.name in taxa:
-                    _download_species(cfg, sp, taxa[sp.name], api, photo_session, store, report, progress)
+                    _download_species(cfg, sp, taxa[sp.name], caps[sp.name], api, photo_session, store, report,
+                                      progress)
                     store.save()
     finally:
         store.save()
@@ -392,10 +408,21 @@ def download_dataset(cfg: Config, data_dir: str | os.PathLike, force: bool = Fal
 
 
 def resolve_taxa(api: INatAPI, species: list[Species], report: DownloadReport) -> dict[str, int]:
-    """species name -> iNaturalist taxon id to download; warns when the configured name and id disagree."""
-    found = api.taxa_by_id([s.taxon_id for s in species])
+    """species name -> iNaturalist taxon id to download; warns when the configured name and id disagree.
+    A species without a taxon id (evaluation_species may leave it null) is looked up by its name."""
+    found = api.taxa_by_id([s.taxon_id for s in species if s.taxon_id is not None])
     out: dict[str, int] = {}
     for sp in species:
+        if sp.taxon_id is None:
+            tid = _taxon_id_by_name(api, sp.name)
+            if tid is None:
+                report.warn(f"{sp.name}: no iNaturalist taxon has this name; skipped (check the name, or set "
+                            f"its taxon_id in evaluation_species)")
+            else:
+                out[sp.name] = tid
+                report.notes.append(f"{sp.name}: no taxon id in the config; using {tid}, the iNaturalist taxon "
+                                    f"of that name")
+            continue
         taxon = found.get(sp.taxon_id)
         if taxon is None:
             named = api.taxon_named(sp.name)
@@ -423,11 +450,21 @@ def resolve_taxa(api: INatAPI, species: list[Species], report: DownloadReport) -
     return out
 
 
-def _download_species(cfg: Config, sp: Species, taxon_id: int, api: INatAPI, session: ClientSession,
+def _taxon_id_by_name(api: INatAPI, name: str) -> int | None:
+    """The taxon id of `name`; an inactive taxon (renamed or merged) gives its current synonym."""
+    taxon = api.taxon_named(name)
+    if taxon is None:
+        return None
+    synonyms = [as_id(t) for t in taxon.get("current_synonymous_taxon_ids") or [] if as_id(t)]
+    return synonyms[0] if taxon.get("is_active") is False and synonyms else as_id(taxon["id"])
+
+
+def _download_species(cfg: Config, sp: Species, taxon_id: int, cap: int, api: INatAPI, session: ClientSession,
                       store: Store, report: DownloadReport, progress: bool) -> None:
+    """Up to `cap` photos of one species (data.max_photos_per_species, or open_set's for an unknown one)."""
     d = cfg.data
     have = store.species_rows(sp.name)
-    if len(have) >= d.max_photos_per_species:
+    if len(have) >= cap:
         return
     count = len(have)
     per_obs = Counter(norm_id(r["observation_id"]) for r in have)
@@ -435,18 +472,16 @@ def _download_species(cfg: Config, sp: Species, taxon_id: int, api: INatAPI, ses
     observations = api.observations(taxon_id)
     seen: set[int] = set()
     exhausted = False
-    bar = tqdm(total=d.max_photos_per_species, initial=count, desc=sp.name, unit="photo",
-               disable=not progress, leave=True)
+    bar = tqdm(total=cap, initial=count, desc=sp.name, unit="photo", disable=not progress, leave=True)
     try:
-        while count < d.max_photos_per_species and not exhausted:
+        while count < cap and not exhausted:
             plan: list[PlannedPhoto] = []
-            while count + len(plan) < d.max_photos_per_species:
+            while count + len(plan) < cap:
                 obs = next(observations, None)
                 if obs is None:
                     exhausted = True
                     break
-                plan += _eligible(cfg, sp, obs, per_obs, seen, store, report,
-                                  d.max_photos_per_species - count - len(plan))
+                plan += _eligible(cfg, sp, obs, per_obs, seen, store, report, cap - count - len(plan))
             if not plan:
                 break
             _assign_splits(cfg, sp, plan, store, orphans)

@@ -14,13 +14,17 @@ from typing import Iterable
 
 import numpy as np
 
+from mushroom.config import Config
 from mushroom.errors import UserError
 from mushroom.images import atomic_write, load_image
+from mushroom.species import selected_species, unknown_species
 
 COLUMNS = ("photo_id", "observation_id", "taxon_id", "species", "split", "path", "url",
            "license_code", "attribution", "observer", "observation_url", "sha256", "width", "height")
 SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "manifest.csv"
+# A species' role in an experiment, decided by the config (never stored in the manifest).
+KNOWN, UNKNOWN, UNUSED = "known", "unknown", "unused"
 
 
 def manifest_path(data_dir: str | os.PathLike) -> Path:
@@ -55,25 +59,49 @@ def split_rows(rows: list[dict], split: str) -> list[dict]:
     return [r for r in rows if r["split"] == split]
 
 
-def counts_table(rows: list[dict], extra: dict[str, dict[str, int]] | None = None) -> str:
-    """A plain-text table: photos per species per split (+ optional extra columns, e.g. skipped)."""
+def species_roles(cfg: Config) -> dict[str, str]:
+    """species -> its role in this config's experiment: 'known' (data.species_subset, trained) or
+    'unknown' (open_set, evaluation only). The manifest stores no role, so one data folder serves
+    any split of known and unknown species; a species of neither gets no entry."""
+    return {s.name: KNOWN for s in selected_species(cfg)} | {s.name: UNKNOWN for s in unknown_species(cfg)}
+
+
+def counts_table(rows: list[dict], extra: dict[str, dict[str, int]] | None = None,
+                 roles: dict[str, str] | None = None) -> str:
+    """A plain-text table: photos per species per split (+ optional extra columns, e.g. skipped).
+
+    roles (species_roles): a last column naming each species' role, species grouped known first,
+    then unknown, then those the config does not use, with a total per role."""
     per = defaultdict(Counter)
     for r in rows:
         per[r["species"]][r["split"]] += 1
     extra = extra or {}
     species = sorted(set(per) | {s for col in extra.values() for s in col})
+    role_of = {s: (roles.get(s, UNUSED) if roles is not None else "") for s in species}
+    order = {KNOWN: 0, UNKNOWN: 1}
+    species.sort(key=lambda s: (order.get(role_of[s], 2), role_of[s], s))
     cols = list(SPLITS) + ["total"] + list(extra)
-    width = max([len("species"), len("total")] + [len(s) for s in species])
+    labels = [f"total {r}" for r in dict.fromkeys(role_of.values())] if roles is not None else []
+    width = max([len("species"), len("total")] + [len(s) for s in species + labels])
     widths = [max(8, len(c)) + 2 for c in cols]
-    lines = ["species".ljust(width) + "".join(f"{c:>{w}}" for c, w in zip(cols, widths))]
-    totals = Counter()
+
+    def line(name: str, vals, role: str = "") -> str:
+        text = name.ljust(width) + "".join(f"{v:>{w}}" for v, w in zip(vals, widths))
+        return f"{text}   {role}".rstrip() if role else text
+
+    lines = [line("species", cols, "role" if roles is not None else "")]
+    totals, by_role = Counter(), defaultdict(Counter)
     for s in species:
         vals = [per[s][sp] for sp in SPLITS]
         vals.append(sum(vals))
         vals += [extra[c].get(s, 0) for c in extra]
         totals.update(dict(zip(cols, vals)))
-        lines.append(s.ljust(width) + "".join(f"{v:>{w}}" for v, w in zip(vals, widths)))
-    lines.append("total".ljust(width) + "".join(f"{totals[c]:>{w}}" for c, w in zip(cols, widths)))
+        by_role[role_of[s]].update(dict(zip(cols, vals)))
+        lines.append(line(s, vals, role_of[s]))
+    if len(by_role) > 1:  # one subtotal per role: e.g. the known species' splits at a glance
+        for role, sub in by_role.items():
+            lines.append(line(f"total {role}", [sub[c] for c in cols]))
+    lines.append(line("total", [totals[c] for c in cols]))
     return "\n".join(lines)
 
 

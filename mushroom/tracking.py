@@ -132,22 +132,38 @@ def finish(run, exit_code: int = 0) -> None:
         run.finish(exit_code=exit_code)
 
 
-def log_dataset(cfg: Config, rows: list[dict], added: int) -> None:
-    """The download run: photos per split, and per species and split as a table."""
+def dataset_stats(cfg: Config, rows: list[dict], added) -> tuple[dict, list[list]]:
+    """(scalars, table rows) of a download run: photos in all, per split and per role (known / unknown,
+    as this config sees them), and [species, role, train, val, test] per species. `added`: a count, or
+    a count per species (the iNaturalist report)."""
     from collections import Counter
 
+    from mushroom.manifest import SPLITS, UNUSED, species_roles
+
+    roles = species_roles(cfg)
+    role_of = {r["species"]: roles.get(r["species"], UNUSED) for r in rows}
+    per_split = Counter(r["split"] for r in rows)
+    per_role = Counter(role_of[r["species"]] for r in rows)
+    scalars = {"photos": len(rows), "added": added if isinstance(added, int) else sum(added.values()),
+               "species": len(role_of), **{f"photos_{s}": per_split[s] for s in SPLITS},
+               **{f"photos_{role}": n for role, n in per_role.items()}}
+    counts = Counter((r["species"], r["split"]) for r in rows)
+    table = [[species, role_of[species], *(counts[(species, s)] for s in SPLITS)] for species in sorted(role_of)]
+    return scalars, table
+
+
+def log_dataset(cfg: Config, rows: list[dict], added) -> None:
+    """The download run: photos per split and role, and per species and split as a table."""
     run = start_run(cfg, "download", name=f"{cfg.experiment}-download")
     if run is None or run.settings.mode == "disabled":
         finish(run)
         return
     import wandb
 
-    per_split = Counter(r["split"] for r in rows)
-    log(run, {"photos": len(rows), "added": added, "species": len({r["species"] for r in rows}),
-              **{f"photos_{s}": n for s, n in per_split.items()}})
-    counts = Counter((r["species"], r["split"]) for r in rows)
-    table = wandb.Table(columns=["species", "train", "val", "test"])
-    for species in sorted({r["species"] for r in rows}):
-        table.add_data(species, *(counts[(species, s)] for s in ("train", "val", "test")))
+    scalars, table_rows = dataset_stats(cfg, rows, added)
+    log(run, scalars)
+    table = wandb.Table(columns=["species", "role", "train", "val", "test"])
+    for row in table_rows:
+        table.add_data(*row)
     run.log({"photos_per_species": table})
     finish(run)

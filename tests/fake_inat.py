@@ -8,7 +8,8 @@
 
 Observations, photos and taxa are deep copies of the records in ../shared/data/inat-api-samples
 with ids, names and URLs rewritten, so the client meets the API's real shapes and quirks:
-lowercase photo license_code, null licenses, `square` photo URLs, nested observation_photos.
+lowercase photo license_code, null licenses, `square` photo URLs, nested observation_photos; the
+taxa search (?q=) matches word prefixes as the real one does, near misses included.
 Photo bytes are real JPEGs from ../shared/data/fungi128, read at run time (generated JPEGs when
 ../shared is absent), each photo id its own file unless told otherwise.
 
@@ -39,6 +40,7 @@ SHARED_PHOTOS = PROJECT_ROOT.parent / "shared" / "data" / "fungi128"
 PHOTO_SIZES = ("square", "small", "medium", "large", "original")
 LICENSE_NAMES = {"cc0": "CC0", "cc-by": "CC BY", "cc-by-sa": "CC BY-SA", "cc-by-nc": "CC BY-NC",
                  "cc-by-nc-sa": "CC BY-NC-SA", "cc-by-nd": "CC BY-ND", "cc-by-nc-nd": "CC BY-NC-ND"}
+RANK_LEVELS = {"genus": 20, "species": 10, "subspecies": 5, "variety": 5}
 HTML_ERROR = (b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
               b"<body><h1>502 Bad Gateway</h1><p>The photo server is busy.</p></body></html>")
 
@@ -93,10 +95,11 @@ class FakeINat:
         self.stop()
 
     # --- the world ---
-    def add_taxon(self, taxon_id: int, name: str, is_active: bool = True, synonyms: list[int] | None = None) -> dict:
+    def add_taxon(self, taxon_id: int, name: str, is_active: bool = True, synonyms: list[int] | None = None,
+                  rank: str = "species") -> dict:
         t = copy.deepcopy(self._taxon_template)
         t.update(id=taxon_id, name=name, is_active=is_active, current_synonymous_taxon_ids=synonyms,
-                 preferred_common_name=f"common {name}", wikipedia_url=None)
+                 preferred_common_name=f"common {name}", wikipedia_url=None, rank=rank, rank_level=RANK_LEVELS[rank])
         self.taxa[taxon_id] = t
         return t
 
@@ -212,14 +215,21 @@ class FakeINat:
         return {**self._page_keys, "total_results": len(results), "per_page": 30, "results": results}
 
     def taxa_search(self, query: dict) -> dict:
-        q = query.get("q", [""])[0].lower()
+        """/v1/taxa?q=: like the real search (see get_taxa.json, a search for "vesp"), every word of q
+        must start a word of the name or the common name, so near misses (a subspecies, another
+        species of the genus for a one-word q) come back too and the client must pick the exact name."""
+        words = query.get("q", [""])[0].lower().split()
         results = []
         for t in self.taxa.values():
-            if q and q in t["name"].lower():
-                r = copy.deepcopy(self._search_template)
-                r.update(id=t["id"], name=t["name"], matched_term=t["name"], is_active=t["is_active"],
-                         current_synonymous_taxon_ids=t["current_synonymous_taxon_ids"])
-                results.append(r)
+            for term in (t["name"], t["preferred_common_name"]):
+                have = term.lower().split()
+                if words and all(any(h.startswith(w) for h in have) for w in words):
+                    r = copy.deepcopy(self._search_template)
+                    r.update(id=t["id"], name=t["name"], matched_term=term, is_active=t["is_active"],
+                             current_synonymous_taxon_ids=t["current_synonymous_taxon_ids"], rank=t["rank"],
+                             rank_level=t["rank_level"], preferred_common_name=t["preferred_common_name"])
+                    results.append(r)
+                    break
         return {**self._page_keys, "total_results": len(results), "per_page": 30, "results": results}
 
     def wait_if_held(self, served: int) -> None:

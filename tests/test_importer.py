@@ -1,9 +1,12 @@
 import csv
 import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from mushroom.config import PROJECT_ROOT, load_config
 from mushroom.errors import UserError
 from mushroom.importer import import_folder
 from mushroom.manifest import COLUMNS, read_manifest
@@ -72,7 +75,7 @@ def test_broken_and_duplicate_photos_and_unknown_species(cfg, photo_folder, tmp_
     report = import_folder(cfg, photo_folder, "date", data)
     assert report.failed["Boletus edulis"] == 2
     assert report.duplicates["Boletus edulis"] == 1
-    assert report.unknown_species == ["Fungus_imaginarius"]
+    assert report.unmatched_folders == ["Fungus_imaginarius"]
     rows = read_manifest(data / "manifest.csv")
     assert len(rows) == 36
     assert not any("broken" in r["path"] or "notes" in r["path"] for r in rows)
@@ -90,10 +93,11 @@ def test_without_group_column_each_photo_is_its_own_group(cfg, photo_folder, tmp
 def test_species_subset_and_bad_arguments(cfg, photo_folder, tmp_path):
     from mushroom.config import load_config
 
-    sub = load_config(None, ["data.species_subset=[Boletus edulis]"])
+    sub = load_config(None, ["data.species_subset=[Boletus edulis]", "open_set.unknown_species=[]"])
     report = import_folder(sub, photo_folder, "date", tmp_path / "data")
     assert {r["species"] for r in report.rows} == {"Boletus edulis"}
-    assert "Amanita muscaria" in report.unselected_species
+    assert report.left_out_species == ["Amanita muscaria", "Hypholoma fasciculare"]
+    assert "left out, in neither data.species_subset nor open_set.unknown_species: Amanita muscaria" in report.summary()
     with pytest.raises(UserError, match="not a column"):
         import_folder(cfg, photo_folder, "observed_on", tmp_path / "d2")
     with pytest.raises(UserError, match="is not a folder"):
@@ -138,3 +142,67 @@ def test_cap_per_species_takes_whole_groups_first(photo_folder, tmp_path):
     # groups of 3 photos: 7 = two whole groups + one photo of a third
     assert all(sorted(__import__("collections").Counter(v).values()) == [1, 3, 3] for v in per_species.values())
     assert "kept 7 of 12 photos" in report.summary()
+
+
+def _photo_splits(rows, species):
+    return {r["photo_id"]: r["split"] for r in rows if r["species"] == species}
+
+
+def test_unknown_species_are_imported_with_their_own_cap(photo_folder, tmp_path):
+    # Boletus edulis is learnt; by default every other species is unknown (at most 7 photos here).
+    cfg = load_config(None, ["data.species_subset=[Boletus edulis]", "open_set.max_photos_per_species=7"])
+    report = import_folder(cfg, photo_folder, "date", tmp_path / "data")
+    rows = read_manifest(tmp_path / "data" / "manifest.csv")
+    per_species = defaultdict(list)
+    for r in rows:
+        per_species[r["species"]].append(r["observation_id"])
+    assert len(per_species["Boletus edulis"]) == 12                       # data.max_photos_per_species: 300
+    for unknown in ("Amanita muscaria", "Hypholoma fasciculare"):
+        assert sorted(Counter(per_species[unknown]).values()) == [1, 3, 3]  # whole date groups first
+        assert {r["split"] for r in rows if r["species"] == unknown} == {"train", "val", "test"}
+    assert all(len(s) == 1 for s in _splits_per_group(rows).values())
+    assert "Amanita muscaria: kept 7 of 12 photos (open_set.max_photos_per_species=7)" in report.summary()
+    table = [line.split() for line in report.summary().splitlines() if line[:1].isupper() and line.split()[2].isdigit()]
+    roles = {f"{w[0]} {w[1]}": w[-1] for w in table}
+    assert roles == {"Boletus edulis": "known", "Amanita muscaria": "unknown", "Hypholoma fasciculare": "unknown"}
+
+    # The learnt species is split exactly as when it is imported alone.
+    alone = import_folder(load_config(None, ["data.species_subset=[Boletus edulis]", "open_set.unknown_species=[]"]),
+                          photo_folder, "date", tmp_path / "alone")
+    assert _photo_splits(rows, "Boletus edulis") == _photo_splits(alone.rows, "Boletus edulis")
+
+
+def test_evaluation_species_folder_and_species_left_out(photo_folder, tmp_path):
+    # A photo of the learnt species also lies in an unknown species' folder that sorts before it:
+    # it stays with the learnt species.
+    shutil.copy(photo_folder / "Boletus_edulis" / "boletus_edulis_004.jpg", photo_folder / "Amanita_muscaria" / "d.jpg")
+    galerina = photo_folder / "Galerina_marginata"  # an evaluation-only species (outside the table)
+    galerina.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(galerina / f"g{i}.jpg")
+    cfg = load_config(None, ["data.species_subset=[Boletus edulis]",
+                             "open_set.unknown_species=[Amanita muscaria, Galerina marginata]"])
+    report = import_folder(cfg, photo_folder, "date", tmp_path / "data")
+    rows = read_manifest(tmp_path / "data" / "manifest.csv")
+    assert Counter(r["species"] for r in rows) == {"Boletus edulis": 12, "Amanita muscaria": 12,
+                                                   "Galerina marginata": 3}
+    assert report.duplicates == {"Amanita muscaria": 1}
+    assert {r["taxon_id"] for r in rows if r["species"] == "Galerina marginata"} == {""}  # no id in the config
+    assert report.left_out_species == ["Hypholoma fasciculare"] and not report.unmatched_folders
+
+
+@pytest.mark.skipif(not SHARED_PHOTOS.is_dir(), reason="../shared/data/fungi128 not present")
+def test_demo_import_learns_six_species_and_keeps_the_rest_as_unknowns(tmp_path):
+    """make demo's data: the six species of configs/demo.yaml split as when imported alone, plus the
+    30 other species of the folder, at most open_set.max_photos_per_species (40) photos each."""
+    demo = PROJECT_ROOT / "configs" / "demo.yaml"
+    report = import_folder(load_config(demo), SHARED_PHOTOS, "date", tmp_path / "data")
+    alone = import_folder(load_config(demo, ["open_set.unknown_species=[]"]), SHARED_PHOTOS, "date", tmp_path / "alone")
+    known = {r["species"] for r in alone.rows}
+    assert len(known) == 6 and Counter(r["split"] for r in alone.rows) == {"train": 241, "val": 78, "test": 70}
+    for name in known:
+        assert _photo_splits(report.rows, name) == _photo_splits(alone.rows, name)
+    unknown = Counter(r["species"] for r in report.rows if r["species"] not in known)
+    assert len(unknown) == 30 and max(unknown.values()) == 40
+    assert not report.left_out_species

@@ -56,9 +56,10 @@ def fake():
 
 
 def make_cfg(api_url: str, *overrides: str):
+    """Two known species and no unknown ones, unless an override says otherwise."""
     return load_config(None, [
         "wandb.mode=disabled", f"data.api_base_url={api_url}",
-        "data.species_subset=[Amanita muscaria, Boletus edulis]",
+        "data.species_subset=[Amanita muscaria, Boletus edulis]", "open_set.unknown_species=[]",
         "data.max_photos_per_species=6", "data.max_photos_per_observation=2", "data.per_page=2",
         # The schema lets a loopback server go faster than iNaturalist's 1 request/s.
         "data.requests_per_second=500", "data.requests_per_minute=30000",
@@ -68,6 +69,7 @@ def make_cfg(api_url: str, *overrides: str):
 def cli_args(api_url: str, *overrides: str) -> list[str]:
     out = []
     for ov in ["data.api_base_url=" + api_url, "data.species_subset=[Amanita muscaria, Boletus edulis]",
+               "open_set.unknown_species=[]",
                "data.max_photos_per_species=6", "data.max_photos_per_observation=2", "data.per_page=2",
                "data.requests_per_second=500", "data.requests_per_minute=30000", "data.retry_backoff_s=0.01",
                "data.max_retries=2", "data.download_workers=3", "wandb.mode=disabled", *overrides]:
@@ -209,6 +211,75 @@ def test_taxon_ids_are_verified_and_resolved(tmp_path):
     rows = check_consistent(tmp_path / "data")
     assert rows["3011"]["taxon_id"] == "900001" and rows["3021"]["taxon_id"] == "900002"
     assert len(report.warnings) == 2 and all("update the config" in w for w in report.warnings)
+
+
+def test_unknown_species_are_downloaded_with_their_own_cap(fake, tmp_path):
+    cfg = make_cfg(fake.api_url, "data.species_subset=[Amanita muscaria]", "open_set.unknown_species=[Boletus edulis]",
+                   "open_set.max_photos_per_species=3")
+    report = download_dataset(cfg, tmp_path / "data", progress=False)
+    rows = check_consistent(tmp_path / "data")
+    known = {p: r for p, r in rows.items() if r["species"] == "Amanita muscaria"}
+    unknown = {p: r for p, r in rows.items() if r["species"] == "Boletus edulis"}
+    assert len(known) == 6                                  # data.max_photos_per_species
+    assert set(unknown) == {"2011", "2021", "2031"}         # open_set.max_photos_per_species, in id order
+    assert all(r["taxon_id"] == str(BE) for r in unknown.values())
+    assert fake.count("photo", 2041) == 0                   # the cap stops the download, not just the manifest
+    table = report.summary().splitlines()
+    assert [line.split()[-1] for line in table if line.startswith(("Amanita muscaria", "Boletus edulis"))] == [
+        "known", "unknown"]
+    assert any("evaluation only" in line for line in table)
+
+    # The known species' photos and splits do not depend on which unknown species are downloaded.
+    alone = download_dataset(make_cfg(fake.api_url, "data.species_subset=[Amanita muscaria]"), tmp_path / "alone",
+                             progress=False)
+    assert {r["photo_id"]: r["split"] for r in alone.rows} == {p: r["split"] for p, r in known.items()}
+
+
+def _evaluation_world(fake: FakeINat) -> None:
+    """Galerina marginata (a null taxon id in config.yaml) exists under id 900010, beside its genus;
+    Tylopilus felleus (also null) does not, though a search for it finds a subspecies."""
+    fake.add_taxon(AM, "Amanita muscaria")
+    fake.add_observation(AM, [(1011, "cc-by")], obs_id=101)
+    fake.add_taxon(900011, "Galerina", rank="genus")
+    fake.add_taxon(900010, "Galerina marginata")
+    fake.add_taxon(900012, "Tylopilus felleus alutarius", rank="subspecies")
+    for i in range(1, 5):
+        fake.add_observation(900010, [(5000 + i, "cc-by")], obs_id=500 + i)
+    fake.add_observation(900012, [(5101, "cc-by")], obs_id=511)
+
+
+EVALUATION_OVERRIDES = ("data.species_subset=[Amanita muscaria]", "open_set.max_photos_per_species=3",
+                        "open_set.unknown_species=[Galerina marginata, Tylopilus felleus]")
+
+
+def test_evaluation_species_without_taxon_id_is_found_by_name(tmp_path):
+    with FakeINat() as fake:
+        _evaluation_world(fake)
+        report = download_dataset(make_cfg(fake.api_url, *EVALUATION_OVERRIDES), tmp_path / "data", progress=False)
+        searches = [q["query"]["q"] for q in fake.requests if q["kind"] == "taxa" and "q" in q["query"]]
+    rows = check_consistent(tmp_path / "data")
+    galerina = {p: r for p, r in rows.items() if r["species"] == "Galerina marginata"}
+    assert set(galerina) == {"5001", "5002", "5003"}        # the unknown cap, 3
+    assert {r["taxon_id"] for r in galerina.values()} == {"900010"}  # not the genus
+    assert {r["path"].split("/")[1] for r in galerina.values()} == {"Galerina_marginata"}
+    assert ["Galerina marginata"] in searches
+    assert "Galerina marginata: no taxon id in the config; using 900010" in report.summary()
+
+
+def test_evaluation_species_unknown_to_inaturalist_is_skipped_with_one_warning(tmp_path):
+    with FakeINat() as fake:
+        _evaluation_world(fake)
+        proc = run_script("--data-dir", str(tmp_path / "data"), *cli_args(fake.api_url, *EVALUATION_OVERRIDES))
+        assert fake.count("photo", 5101) == 0               # the subspecies is not taken for the species
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    warning = ("Tylopilus felleus: no iNaturalist taxon has this name; skipped (check the name, or set its "
+               "taxon_id in evaluation_species)")
+    # One line as it happens (stderr), repeated once in the summary at the end (stdout).
+    assert [line for line in proc.stderr.splitlines() if "Tylopilus" in line] == [warning]
+    assert [line for line in proc.stdout.splitlines() if "Tylopilus" in line] == [f"warning: {warning}"]
+    rows = check_consistent(tmp_path / "data")
+    assert {r["species"] for r in rows.values()} == {"Amanita muscaria", "Galerina marginata"}
 
 
 def test_rerun_fetches_only_what_is_missing_and_matches_an_uninterrupted_run(fake, tmp_path):

@@ -42,3 +42,31 @@ def test_manifest_roundtrip_and_counts(tmp_path):
     assert table.splitlines()[-1].split() == ["total", "1", "1", "1", "3", "2"]
     with pytest.raises(UserError, match="run download_data.py"):
         read_manifest(tmp_path / "missing.csv")
+
+
+def test_known_unknown_and_imported_species():
+    from mushroom.config import PROJECT_ROOT, load_config
+    from mushroom.species import evaluation_species, import_species, unknown_species
+
+    demo = load_config(PROJECT_ROOT / "configs" / "demo.yaml")
+    known = [s.name for s in selected_species(demo)]
+    unknown = [s.name for s in unknown_species(demo)]
+    assert len(known) == 6 and len(unknown) == 51 - 6 + len(evaluation_species(demo)) == 51
+    assert not set(known) & set(unknown) and "Galerina marginata" in unknown
+    assert [s.name for s in import_species(demo)] == known + unknown
+    only = load_config(PROJECT_ROOT / "configs" / "demo.yaml", ["open_set.unknown_species=[Galerina marginata]"])
+    assert [s.name for s in import_species(only)] == known + ["Galerina marginata"]
+
+
+def test_counts_table_marks_each_species_role():
+    from mushroom.manifest import KNOWN, UNKNOWN
+
+    rows = [{"species": sp, "split": split} for sp, split in [("Boletus edulis", "train"), ("Amanita muscaria", "val"),
+                                                             ("Galerina marginata", "test"), ("Other", "train")]]
+    lines = counts_table(rows, roles={"Boletus edulis": KNOWN, "Amanita muscaria": KNOWN,
+                                      "Galerina marginata": UNKNOWN}).splitlines()
+    assert [line.split()[-1] for line in lines] == ["role", "known", "known", "unknown", "unused",
+                                                    "2", "1", "1", "4"]  # subtotals have no role
+    assert [line.split()[:2] for line in lines[-4:]] == [["total", "known"], ["total", "unknown"], ["total", "unused"],
+                                                         ["total", "2"]]
+    assert lines[-4].split()[2:] == ["1", "1", "0", "2"]

@@ -90,3 +90,23 @@ def test_online_without_reachable_server_falls_back_offline(clean_env, monkeypat
         tracking.finish(run)
     err = capsys.readouterr().err
     assert err.count("warning: could not start an online W&B run") == 1
+
+
+def test_dataset_counts_known_and_unknown_photos(clean_env, monkeypatch, tmp_path):
+    from collections import Counter
+
+    cfg = _cfg("wandb.mode=offline", "data.species_subset=[Boletus edulis, Amanita muscaria]",
+               "open_set.unknown_species=[Galerina marginata]")
+    rows = [{"species": sp, "split": split} for sp, split in [
+        ("Boletus edulis", "train"), ("Boletus edulis", "train"), ("Amanita muscaria", "val"),
+        ("Galerina marginata", "test"), ("Galerina marginata", "train"),
+        ("Coprinus comatus", "train")]]  # left in the manifest by an earlier run, unused by this config
+    scalars, table = tracking.dataset_stats(cfg, rows, Counter({"Boletus edulis": 2, "Galerina marginata": 1}))
+    assert scalars == {"photos": 6, "added": 3, "species": 4, "photos_train": 4, "photos_val": 1, "photos_test": 1,
+                       "photos_known": 3, "photos_unknown": 2, "photos_unused": 1}
+    assert table == [["Amanita muscaria", "known", 0, 1, 0], ["Boletus edulis", "known", 2, 0, 0],
+                     ["Coprinus comatus", "unused", 1, 0, 0], ["Galerina marginata", "unknown", 1, 0, 1]]
+    assert tracking.dataset_stats(cfg, rows, 5)[0]["added"] == 5  # the folder import counts photos, not species
+    monkeypatch.chdir(tmp_path)  # the download run writes ./wandb, as download_data.py does
+    tracking.log_dataset(cfg, rows, Counter({"Boletus edulis": 2}))
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1
