@@ -37,8 +37,30 @@ def dequantize_output(q, scale: float, zero_point: int) -> np.ndarray:
     return ((q.astype(np.float64) - zero_point) * scale).astype(np.float32)
 
 
+def _output_roles(interpreter, outputs: list[dict]) -> dict[str, dict]:
+    """role -> output details. Files exported by this project name their outputs after the layers
+    (serving signature: head_probs, head_logits, head_pool, or quant_* for QAT files); a file with a
+    single unnamed output is taken to give probabilities."""
+    from mushroom.modelio import output_role
+
+    roles = {}
+    signatures = interpreter.get_signature_list()
+    if signatures:
+        runner_outputs = interpreter.get_signature_runner(next(iter(signatures)))
+        by_index = {o["index"]: o for o in outputs}
+        for name, details in runner_outputs.get_output_details().items():
+            role = output_role(name)
+            if role is not None and details["index"] in by_index:
+                roles[role] = by_index[details["index"]]
+    if "probs" not in roles and len(outputs) == 1:
+        roles["probs"] = outputs[0]
+    return roles
+
+
 class TFLiteModel:
-    """One .tflite classifier: predict(images in [0, 255]) -> probabilities (N, classes)."""
+    """One .tflite classifier: predict(images in [0, 255]) -> probabilities (N, classes);
+    run(images) -> every output it has by role ("probs", and "logits", "embedding" for files
+    exported by this project), dequantized to float32."""
 
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
         self.path = Path(path)
@@ -55,10 +77,11 @@ class TFLiteModel:
                             "re-export it with quantize_qat.py <model folder> --force") from None
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
+        self._outputs = _output_roles(self._interpreter, outputs)
+        if len(inputs) != 1 or "probs" not in self._outputs:
             raise UserError(f"{self.path} has {len(inputs)} inputs and {len(outputs)} outputs, not one image "
-                            "input and one probability output: it is not a model exported by this project")
-        self._input, self._output = inputs[0], outputs[0]
+                            "input and a probability output: it is not a model exported by this project")
+        self._input, self._output = inputs[0], self._outputs["probs"]
         shape = tuple(int(d) for d in self._input["shape"])
         if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
             raise UserError(f"{self.path} expects input shape {shape}, not (1, size, size, 3): "
@@ -101,14 +124,18 @@ class TFLiteModel:
             return quantize_input(x, scale, zero_point, self.input_dtype)
         return x.astype(self.input_dtype)
 
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The outputs this file gives: "probs", and "logits" / "embedding" when exported with them."""
+        return tuple(self._outputs)
+
     def run_one(self, tensor: np.ndarray) -> np.ndarray:
-        """Invoke on one prepared tensor; the raw output (integers for int8 models)."""
+        """Invoke on one prepared tensor; the raw probability output (integers for int8 models)."""
         self._interpreter.set_tensor(self._input["index"], tensor)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output["index"])[0].copy()
 
-    def predict(self, images) -> np.ndarray:
-        """Probabilities (N, classes) float32 for images (N, H, W, 3), uint8 or float, in [0, 255]."""
+    def _check_images(self, images) -> np.ndarray:
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[None]
@@ -116,14 +143,34 @@ class TFLiteModel:
         if images.ndim != 4 or images.shape[1:] != (size, size, 3):
             raise UserError(f"{self.path.name} takes images of shape (N, {size}, {size}, 3), got {images.shape}: "
                             f"load photos with images.load_image(path, {size})")
-        out = np.empty((len(images), self.num_classes), np.float32)
-        scale, zero_point = self.output_quantization
-        integer_output = self.output_dtype.type in INTEGER_DTYPES
+        return images
+
+    def _read(self, details: dict) -> np.ndarray:
+        raw = self._interpreter.get_tensor(details["index"])[0]
+        if np.dtype(details["dtype"]).type in INTEGER_DTYPES:
+            scale, zero_point = details["quantization"]
+            return dequantize_output(raw, scale, zero_point)
+        return raw.astype(np.float32)
+
+    def run(self, images, roles: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """{role: float32 array (N, ...)} for images (N, H, W, 3), uint8 or float, in [0, 255]."""
+        images = self._check_images(images)
+        wanted = [r for r in (roles or self.roles) if r in self._outputs]
+        out: dict[str, list] = {r: [] for r in wanted}
         # One image per invoke: the exported graphs have batch 1, and looping keeps memory flat.
-        for i, image in enumerate(images):
-            raw = self.run_one(self.prepare(image))
-            out[i] = dequantize_output(raw, scale, zero_point) if integer_output else raw
-        return out
+        for image in images:
+            self._interpreter.set_tensor(self._input["index"], self.prepare(image))
+            self._interpreter.invoke()
+            for r in wanted:
+                out[r].append(self._read(self._outputs[r]))
+        return {r: np.stack(v).astype(np.float32) if v else np.empty((0,), np.float32) for r, v in out.items()}
+
+    def predict(self, images) -> np.ndarray:
+        """Probabilities (N, classes) float32 for images (N, H, W, 3), uint8 or float, in [0, 255]."""
+        images = self._check_images(images)
+        if not len(images):
+            return np.empty((0, self.num_classes), np.float32)
+        return self.run(images, ("probs",))["probs"]
 
     def __repr__(self) -> str:
         return f"TFLiteModel({str(self.path)!r}, input {self.input_size}px {self.input_dtype}, {self.size_bytes} bytes)"

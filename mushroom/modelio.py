@@ -19,6 +19,18 @@ HISTORY_FILE = "history.json"
 TEMPERATURE_FILE = "temperature.json"
 TFLITE_DIR = "tflite"
 
+# What a model (and each exported file) gives, by role -> the layer producing it. "probs" is the
+# model's own output; "logits" and "embedding" (the pooled features before dropout) feed the
+# calibrated probabilities and the unknown-species scores.
+OUTPUT_LAYERS = {"probs": "head_probs", "logits": "head_logits", "embedding": "head_pool"}
+QAT_PREFIX = "quant_"   # tfmot's QuantizeWrapper renames layer X to quant_X
+
+
+def output_role(name: str) -> str | None:
+    """The role of an output named after its layer ('head_logits', 'quant_head_logits', ...), else None."""
+    base = name[len(QAT_PREFIX):] if name.startswith(QAT_PREFIX) else name
+    return next((role for role, layer in OUTPUT_LAYERS.items() if base == layer), None)
+
 
 def write_json(path: str | os.PathLike, data) -> None:
     atomic_write(path, (json.dumps(data, indent=2, allow_nan=False, default=_jsonable) + "\n").encode("utf-8"))

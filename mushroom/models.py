@@ -12,6 +12,7 @@ from typing import Callable
 
 from mushroom.errors import UserError
 from mushroom.keras_env import keras
+from mushroom.modelio import OUTPUT_LAYERS, output_role
 
 layers = keras.layers
 
@@ -135,8 +136,26 @@ def build_model(name: str, num_classes: int, image_size: int, weights: str | Non
         x = layers.Dense(hidden_units, activation="relu", name="head_hidden")(x)
         if dropout > 0:
             x = layers.Dropout(dropout, name="head_hidden_dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="head_probs")(x)
+    # Logits and softmax as two layers: the exported files then expose the logits too, which the
+    # energy / max-logit unknown-species scores and the calibrated probabilities are computed from.
+    logits = layers.Dense(num_classes, name="head_logits")(x)
+    outputs = layers.Activation("softmax", name="head_probs")(logits)
     return keras.Model(inputs, outputs, name=name)
+
+
+def with_outputs(model: keras.Model) -> keras.Model:
+    """The same model (shared layers) with a dict of outputs {role: tensor} for every role in
+    OUTPUT_LAYERS that it has (a float or QAT model; older models without head_logits give probs and
+    embedding). Exported .tflite files carry the layer names, so the runtime can tell them apart."""
+    by_base = {}
+    for layer in model.layers:
+        role = output_role(layer.name)
+        if role is not None:
+            by_base[role] = layer.output
+    if "probs" not in by_base:
+        by_base["probs"] = model.output
+    return keras.Model(model.inputs, {role: by_base[role] for role in OUTPUT_LAYERS if role in by_base},
+                       name=model.name)
 
 
 def preprocessing_of(name: str) -> str:

@@ -117,13 +117,15 @@ def load_qat_model(float_model, path: str | os.PathLike):
 # --- conversion (in a child process) ---------------------------------------------------------
 
 def convert(model, fmt: str, representative: np.ndarray | None = None) -> bytes:
-    """The .tflite bytes of a Keras model in one format. ptq_int8 needs `representative` (uint8
-    images); both int8 formats take uint8 pixels [0, 255] and return uint8 probabilities."""
+    """The .tflite bytes of a Keras model in one format, with the outputs of models.with_outputs
+    (probabilities, logits, embedding; named after their layers). ptq_int8 needs `representative`
+    (uint8 images); both int8 formats take uint8 pixels [0, 255] and return uint8 outputs."""
     from mushroom.keras_env import tf
+    from mushroom.models import with_outputs
 
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"unknown export format '{fmt}': choose from {', '.join(EXPORT_FORMATS)}")
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(with_outputs(model))
     if fmt != "float32":
         # Also for qat_int8: without Optimize.DEFAULT the QAT file keeps float weights and
         # fake-quant pairs and runs ~20x slower.
