@@ -5,19 +5,25 @@ Pure Python/NumPy (no TensorFlow), so predict.py starts fast on a phone-class CP
     print(format_text(answer, "photo.jpg"))
     json.dumps(answer.to_json("photo.jpg"))
 
-Verdict rules (safety first; thresholds from cfg.predict):
+Verdict rules (safety first; thresholds from cfg.predict). Each rule that fires adds its id to
+`rules` and says itself in plain words in `reasons`:
+- "unknown" (rule unknown_species) when the photo's unknown-species score reaches the threshold
+  fitted on photos of species the model never learnt (open_set.json): the model may be looking at
+  a species it cannot name, so nothing it says about edibility holds. Checked first: a flagged
+  photo is never "edible", whatever its probabilities.
 - "edible" only when the calibrated top-1 probability >= edible_threshold, the top-1 species is
-  choice/edible/caution, and no poisonous/deadly species holds more than danger_threshold. The
-  danger check runs over every class, not only the top_k listed: identical for the shipped
-  top_k=5 (with top-1 >= 0.90 the sixth place holds at most 0.02), and never weaker when top_k is
-  configured smaller. A caution species that passes carries its note in the reasons, and every
-  look-alike of the top-1 species that is poisonous/deadly or unknown to the model is named.
-  Such a look-alike does not by itself block "edible": the model already weighs the look-alikes
-  it knows through danger_threshold, and blocking on the table alone would forbid most species
-  whatever the photo shows; naming it tells the forager exactly what to rule out in person.
-- "not_edible" when the top-1 species is inedible/poisonous/deadly with probability >=
-  not_edible_threshold.
-- otherwise "uncertain", whose reasons always say not to eat it.
+  choice/edible/caution, no poisonous/deadly species holds more than danger_threshold (rule
+  dangerous_probability otherwise), and the top-1 species has no poisonous, deadly or ungraded
+  look-alike that the model was not trained on (rule unknown_look_alike otherwise: a model cannot
+  tell apart what it never saw, e.g. Armillaria mellea and Galerina marginata). The danger check
+  runs over every class, not only the top_k listed: identical for the shipped top_k=5 (with top-1
+  >= 0.90 the sixth place holds at most 0.02), and never weaker when top_k is configured smaller.
+  A caution species that passes carries its note in the reasons. Look-alikes the model knows do
+  not block by themselves: the model weighs them through danger_threshold.
+- "not_edible" (rule confident_not_edible) when the top-1 species is inedible/poisonous/deadly
+  with probability >= not_edible_threshold.
+- otherwise "uncertain" (rule low_certainty, or the blocking rules above), whose reasons always
+  say not to eat it.
 Look-alikes listed: those of the top-1 species and of any other listed species above
 danger_threshold, in both directions of the table (a species lists X, or X lists the species).
 Every answer ends its reasons with REMINDER.
@@ -30,9 +36,14 @@ JSON (`Answer.to_json`, a stable contract read by other tools):
      "top5": [{"species", "common_name", "probability", "edibility"}, ...],  # top_k entries, best
                                                     # first; the key stays "top5" whatever top_k is
      "certainty": {"probability": float, "level": "high" | "medium" | "low"},
-     "verdict": "edible" | "not_edible" | "uncertain",
+     "verdict": "edible" | "not_edible" | "uncertain" | "unknown",
      "reasons": [str, ...],                          # full sentences; the last one is REMINDER
-     "look_alikes": [{"name", "of_species", "edibility", "in_model", "note"}, ...]}
+     "rules": [str, ...],                            # ids of the rules that decided (RULES)
+     "look_alikes": [{"name", "of_species", "edibility", "in_model", "note"}, ...],
+     "unknown_score": float | null,                  # higher = less like any species the model knows
+     "unknown_threshold": float | null,              # flagged at or above it; null: no threshold fitted
+     "unknown_flagged": bool,
+     "known_species": int}                           # how many species the model can name
 look_alikes.edibility is the table's grade, or "unknown (not in the model)" for a look-alike
 outside the species table; in_model says whether the model can recognise it at all; note is the
 table's qualifier (e.g. "egg stage", "deadly") or "".
@@ -50,8 +61,11 @@ from mushroom.species import DANGEROUS_GRADES, Species
 REMINDER = ("A photo is never enough to eat a wild mushroom: have every find identified in person "
             "by an experienced mycologist or a mushroom inspector before eating any of it.")
 UNKNOWN_EDIBILITY = "unknown (not in the model)"
-VERDICTS = ("edible", "not_edible", "uncertain")
-JSON_KEYS = ("image", "top5", "certainty", "verdict", "reasons", "look_alikes")
+VERDICTS = ("edible", "not_edible", "uncertain", "unknown")
+RULES = ("unknown_species", "confident_edible", "unknown_look_alike", "dangerous_probability",
+         "confident_not_edible", "low_certainty")
+JSON_KEYS = ("image", "top5", "certainty", "verdict", "reasons", "rules", "look_alikes", "unknown_score",
+             "unknown_threshold", "unknown_flagged", "known_species")
 
 GRADE_MEANING = {
     "choice": "edible and worth eating",
@@ -77,6 +91,9 @@ class Answer:
     reasons: list[str]           # full sentences, REMINDER last
     look_alikes: list[dict] = field(default_factory=list)  # name, of_species, edibility, in_model, note
     image: str | None = None
+    rules: list[str] = field(default_factory=list)         # ids from RULES, in the order they fired
+    unknown: "UnknownCheck | None" = None
+    known_species: int = 0
 
     def to_json(self, image: str | None = None) -> dict:
         """The documented JSON object (module docstring): exactly the keys JSON_KEYS."""
@@ -88,8 +105,26 @@ class Answer:
             "certainty": {"probability": float(self.certainty), "level": self.certainty_level},
             "verdict": self.verdict,
             "reasons": list(self.reasons),
+            "rules": list(self.rules),
             "look_alikes": [dict(la) for la in self.look_alikes],
+            "unknown_score": None if self.unknown is None else float(self.unknown.score),
+            "unknown_threshold": None if self.unknown is None else float(self.unknown.threshold),
+            "unknown_flagged": bool(self.unknown is not None and self.unknown.flagged),
+            "known_species": int(self.known_species),
         }
+
+
+@dataclass(frozen=True)
+class UnknownCheck:
+    """A photo's unknown-species score and the threshold it is held against (open_set.json)."""
+    score: float
+    threshold: float
+    name: str = "msp"                 # which score (openset.SCORES)
+    recall: float | None = None       # share of unknown-val photos the threshold flags
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.score >= self.threshold)
 
 
 # --- look-alikes ----------------------------------------------------------------------------------
@@ -140,6 +175,12 @@ def _resolve(name: str, note: str, of: Species, table: Mapping[str, Species],
 
 def _is_risky(look_alike: dict) -> bool:
     return look_alike["edibility"] in DANGEROUS_GRADES or look_alike["edibility"] == UNKNOWN_EDIBILITY
+
+
+def _unseen_danger(look_alike: dict) -> bool:
+    """A poisonous, deadly or ungraded look-alike the model was not trained on: it cannot be told
+    apart from a photo, whatever the probabilities say."""
+    return _is_risky(look_alike) and not look_alike["in_model"]
 
 
 # --- wording --------------------------------------------------------------------------------------
@@ -210,11 +251,14 @@ def certainty_level(p: float, predict_cfg: Mapping) -> str:
 
 
 def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
-           all_species: Sequence[Species] | None = None, image: str | None = None) -> Answer:
-    """The answer for one photo. `probs` (C,): calibrated class probabilities in the order of
-    `species` (the model's classes); `predict_cfg`: cfg.predict (top_k, edible_threshold,
-    danger_threshold, not_edible_threshold); `all_species`: the full species table, so that
-    look-alikes outside the model's classes still get their grade (defaults to `species`)."""
+           all_species: Sequence[Species] | None = None, image: str | None = None,
+           unknown: UnknownCheck | None = None) -> Answer:
+    """The answer for one photo (or one fused find). `probs` (C,): calibrated class probabilities
+    in the order of `species` (the model's classes); `predict_cfg`: cfg.predict (top_k,
+    edible_threshold, danger_threshold, not_edible_threshold); `all_species`: every graded species
+    (species.graded_species), so that look-alikes outside the model's classes still get their
+    grade (defaults to `species`); `unknown`: the photo's unknown-species score and threshold
+    (None: no threshold was fitted, the check is skipped and the answer says so)."""
     p = _check_probs(probs, len(species))
     top_k = int(predict_cfg["top_k"])
     edible_t = float(predict_cfg["edible_threshold"])
@@ -247,9 +291,21 @@ def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
     blockers = [(species[i], float(p[i])) for i in order[1:]
                 if species[i].is_dangerous and p[i] > danger_t]
 
+    unseen = [la for la in look_alikes if la["of_species"] == best.name and _unseen_danger(la)]
     reasons: list[str] = []
-    if best.is_edible and p1 >= edible_t and not blockers:
+    rules: list[str] = []
+    if unknown is not None and unknown.flagged:
+        verdict = "unknown"
+        rules.append("unknown_species")
+        share = f", which flags {_threshold(unknown.recall)} of photos of species it never learnt" if unknown.recall else ""
+        reasons.append(f"This photo does not look like any of the {len(species)} species this model knows: its "
+                       f"unknown-species score is {unknown.score:.3g}, at or above the threshold "
+                       f"{unknown.threshold:.3g}{share}. It may be a species the model cannot name; the "
+                       f"list shows only what it resembles most.")
+        reasons.append("Do not eat this mushroom: the model does not know it.")
+    elif best.is_edible and p1 >= edible_t and not blockers and not unseen:
         verdict = "edible"
+        rules.append("confident_edible")
         reasons.append(f"The most likely species is {_label(best)} with a calibrated probability of "
                        f"{_pct(p1, edible_t)}, at or above the {_threshold(edible_t)} needed before "
                        f"a mushroom may be called edible.")
@@ -260,6 +316,7 @@ def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
         reasons.extend(_look_alike_sentence(la, best, table, probs_by_name) for la in best_risky)
     elif not best.is_edible and p1 >= not_edible_t:
         verdict = "not_edible"
+        rules.append("confident_not_edible")
         reasons.append(f"The most likely species is {_label(best)} with a calibrated probability of "
                        f"{_pct(p1, not_edible_t)}, at or above the {_threshold(not_edible_t)} needed "
                        f"to say with confidence that it is not edible.")
@@ -270,26 +327,47 @@ def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
     else:
         verdict = "uncertain"
         if best.is_edible and p1 < edible_t:
+            rules.append("low_certainty")
             reasons.append(f"The most likely species, {_label(best)}, graded {best.edibility}, has a "
                            f"calibrated probability of only {_pct(p1, edible_t)}, below the "
                            f"{_threshold(edible_t)} needed before a mushroom may be called edible.")
-        elif best.is_edible:
+        elif best.is_edible and blockers:
             reasons.append(f"The most likely species, {_label(best)}, graded {best.edibility}, has a "
                            f"calibrated probability of {_pct(p1, edible_t)}, but a poisonous or "
                            f"deadly species holds too much probability to rule it out.")
+        elif best.is_edible:
+            reasons.append(f"The most likely species, {_label(best)}, graded {best.edibility}, has a "
+                           f"calibrated probability of {_pct(p1, edible_t)}, but it has a dangerous "
+                           f"look-alike that this model was never trained on.")
         else:
+            rules.append("low_certainty")
             reasons.append(f"The most likely species, {_label(best)}, graded {best.edibility}, has a "
                            f"calibrated probability of only {_pct(p1, not_edible_t)}, below the "
                            f"{_threshold(not_edible_t)} needed to name it with confidence.")
+        if blockers:
+            rules.append("dangerous_probability")
         for s, q in blockers:
             reasons.append(f"{_label(s)}, graded {s.edibility}, holds {_pct(q, danger_t)} "
                            f"probability, above the {_threshold(danger_t)} that rules out calling "
                            f"this mushroom edible.")
+        if best.is_edible and unseen:
+            rules.append("unknown_look_alike")
+            for la in unseen:
+                known = table.get(la["name"])
+                what = (f"graded {known.edibility}" if known else "not in the species table") + (
+                    f" ({la['note']})" if la["note"] else "")
+                reasons.append(f"{best.name} has a look-alike, {la['name']}, {what}, that this model was "
+                               f"never trained on: it cannot tell the two apart from a photo, so it never "
+                               f"calls {best.name} edible.")
         reasons.append("Do not eat this mushroom: the model is not certain enough to call it edible.")
+    if unknown is None:
+        reasons.append("No unknown-species threshold was fitted for this model (run evaluate.py): it "
+                       "cannot tell when a photo shows a species it does not know.")
     reasons.append(REMINDER)
 
     return Answer(top=top, certainty=p1, certainty_level=certainty_level(p1, predict_cfg),
-                  verdict=verdict, reasons=reasons, look_alikes=look_alikes, image=image)
+                  verdict=verdict, reasons=reasons, look_alikes=look_alikes, image=image, rules=rules,
+                  unknown=unknown, known_species=len(species))
 
 
 # --- human-readable text --------------------------------------------------------------------------
@@ -301,7 +379,8 @@ def _edibility_text(grade: str, notes: str) -> str:
     return grade
 
 
-_VERDICT_TEXT = {"edible": "EDIBLE", "not_edible": "NOT EDIBLE", "uncertain": "UNCERTAIN - DO NOT EAT"}
+_VERDICT_TEXT = {"edible": "EDIBLE", "not_edible": "NOT EDIBLE", "uncertain": "UNCERTAIN - DO NOT EAT",
+                 "unknown": "UNKNOWN SPECIES - DO NOT EAT"}
 
 
 def format_text(answer: Answer, image_name: str | None = None) -> str:
@@ -318,6 +397,10 @@ def format_text(answer: Answer, image_name: str | None = None) -> str:
         lines.append("  " + "  ".join([r[0].rjust(widths[0]), r[1].ljust(widths[1]),
                                        r[2].ljust(widths[2]), r[3].rjust(widths[3]), r[4]]).rstrip())
     lines.append(f"Certainty: {_pct(answer.certainty)} ({answer.certainty_level})")
+    if answer.unknown is not None:
+        u = answer.unknown
+        lines.append(f"Unknown-species check: score {u.score:.3g}, threshold {u.threshold:.3g}: "
+                     + ("FLAGGED, not like any species the model knows" if u.flagged else "passed"))
     lines.append(f"Verdict: {_VERDICT_TEXT[answer.verdict]}")
     lines.append("Reasons:")
     lines.extend(f"  - {r}" for r in answer.reasons if r != REMINDER)

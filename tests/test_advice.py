@@ -5,10 +5,10 @@ import sys
 import numpy as np
 import pytest
 
-from mushroom.advice import (JSON_KEYS, REMINDER, UNKNOWN_EDIBILITY, advise, format_text,
-                             parse_look_alikes)
+from mushroom.advice import (JSON_KEYS, REMINDER, RULES, UNKNOWN_EDIBILITY, VERDICTS, UnknownCheck, advise,
+                             format_text, parse_look_alikes)
 from mushroom.config import load_config
-from mushroom.species import all_species, by_name, selected_species
+from mushroom.species import all_species, by_name, graded_species, selected_species
 
 
 @pytest.fixture
@@ -122,24 +122,33 @@ def test_edible_top1_below_threshold_with_deadly_runner_up(cfg, classes, table):
 
 
 def test_verdict_invariants_on_random_probability_vectors(cfg, classes, table):
-    """Whatever the probabilities: "edible" only when every rule holds; any other answer says do
-    not eat; reasons are full sentences ending with the reminder."""
+    """Whatever the probabilities and the unknown-species score: "edible" only when every rule
+    holds (never for a flagged photo, never with an unseen dangerous look-alike); any other answer
+    says do not eat; reasons are full sentences ending with the reminder."""
     rng = np.random.default_rng(0)
     names = [s.name for s in classes]
     edible_ids = [i for i, s in enumerate(classes) if s.is_edible]
+    graded = graded_species(cfg)
     seen = set()
-    for trial in range(400):
+    for trial in range(600):
         alpha = rng.choice([0.02, 0.1, 1.0])
         p = rng.dirichlet(np.full(len(classes), alpha))
         if trial % 3 == 0:  # make confident edible answers common enough to test
             p = 0.1 * p
             p[rng.choice(edible_ids)] += 0.9
-        a = advise(p, classes, cfg.predict, table)
+        unknown = None if trial % 4 == 0 else UnknownCheck(float(rng.uniform()), 0.7, "msp", 0.95)
+        a = advise(p, classes, cfg.predict, graded, unknown=unknown)
         seen.add(a.verdict)
         top1 = by_name(classes)[a.top[0]["species"]]
+        assert a.rules and set(a.rules) <= set(RULES)
+        if unknown is not None and unknown.score >= 0.7:
+            assert a.verdict == "unknown" and a.rules == ["unknown_species"]
         if a.verdict == "edible":
-            assert a.certainty >= 0.9 and top1.is_edible
+            assert a.certainty >= 0.9 and top1.is_edible and a.rules == ["confident_edible"]
             assert all(p[i] <= 0.02 for i, s in enumerate(classes) if s.is_dangerous)
+            assert unknown is None or not unknown.flagged
+            assert not [la for la in a.look_alikes if la["of_species"] == top1.name and not la["in_model"]
+                        and la["edibility"] in ("poisonous", "deadly", UNKNOWN_EDIBILITY)]
         else:
             assert says_do_not_eat(a)
         if a.verdict == "not_edible":
@@ -148,7 +157,27 @@ def test_verdict_invariants_on_random_probability_vectors(cfg, classes, table):
         assert a.top[0]["species"] == names[int(np.argmax(p))]
         assert all(r[0].isupper() and r.endswith(".") for r in a.reasons)
         assert a.reasons[-1] == REMINDER
-    assert seen == {"edible", "not_edible", "uncertain"}
+    assert seen == set(VERDICTS)
+
+
+def test_a_flagged_photo_is_never_edible(cfg, classes, table):
+    sure = vec(classes, {"Pleurotus ostreatus": 0.999})
+    passed = advise(sure, classes, cfg.predict, table, unknown=UnknownCheck(0.10, 0.25, "energy", 0.95))
+    assert passed.verdict == "edible" and not passed.to_json()["unknown_flagged"]
+    flagged = advise(sure, classes, cfg.predict, table, unknown=UnknownCheck(0.25, 0.25, "energy", 0.95))
+    assert flagged.verdict == "unknown" and flagged.rules == ["unknown_species"]
+    assert flagged.top[0]["species"] == "Pleurotus ostreatus"   # what it resembles is still shown
+    assert any("does not look like any of the 51 species" in r and "95%" in r for r in flagged.reasons)
+    out = flagged.to_json()
+    assert (out["unknown_score"], out["unknown_threshold"], out["unknown_flagged"], out["known_species"]) == (
+        0.25, 0.25, True, 51)
+    assert "Verdict: UNKNOWN SPECIES - DO NOT EAT" in format_text(flagged)
+
+
+def test_without_a_threshold_the_answer_says_it_cannot_tell(cfg, classes, table):
+    a = ask(classes, table, cfg, {"Pleurotus ostreatus": 0.95})
+    assert a.verdict == "edible" and a.to_json()["unknown_score"] is None
+    assert any("No unknown-species threshold" in r for r in a.reasons)
 
 
 # --- look-alikes ----------------------------------------------------------------------------------
@@ -159,11 +188,21 @@ def test_look_alikes_resolved_from_the_table(cfg, classes, table):
     assert a.verdict == "edible"
     assert any("Amanita phalloides (egg stage)" in r and "deadly" in r for r in a.reasons)
 
-    # a look-alike outside the table: unknown, and named as a risk the model cannot rule out
+    # a look-alike outside the table: ungraded, never learnt, so "edible" is ruled out (rule
+    # unknown_look_alike) however sure the model is
     a = ask(classes, table, cfg, {"Kuehneromyces mutabilis": 0.95})
     assert a.look_alikes == [{"name": "Galerina marginata", "of_species": "Kuehneromyces mutabilis",
                               "edibility": UNKNOWN_EDIBILITY, "in_model": False, "note": "deadly"}]
-    assert any("Galerina marginata (deadly)" in r and "cannot rule it out" in r for r in a.reasons)
+    assert a.verdict == "uncertain" and a.rules == ["unknown_look_alike"]
+    assert any("Galerina marginata, not in the species table (deadly)" in r and "cannot tell the two apart" in r
+               for r in a.reasons)
+    # graded by the evaluation-only species: the same rule, now naming the grade
+    a = advise(vec(classes, {"Kuehneromyces mutabilis": 0.95}), classes, cfg.predict, graded_species(cfg))
+    assert a.look_alikes[0]["edibility"] == "deadly" and a.rules == ["unknown_look_alike"]
+    assert any("Galerina marginata, graded deadly" in r for r in a.reasons)
+    # an unseen look-alike that is only bitter does not block: Tylopilus felleus is graded inedible
+    a = advise(vec(classes, {"Boletus edulis": 0.95}), classes, cfg.predict, graded_species(cfg))
+    assert a.verdict == "edible"
 
     # the table lists look-alikes one way; a death cap photo still gets the species that list it
     a = ask(classes, table, cfg, {"Amanita phalloides": 0.9})
@@ -174,10 +213,14 @@ def test_look_alike_in_table_but_not_among_the_models_classes(cfg, table):
     t = by_name(table)
     classes = [t["Amanita rubescens"], t["Boletus edulis"], t["Amanita muscaria"]]
     a = advise(np.array([0.95, 0.04, 0.01]), classes, cfg.predict, table)
-    assert a.verdict == "edible"
     assert {"name": "Amanita pantherina", "of_species": "Amanita rubescens", "edibility": "poisonous",
             "in_model": False, "note": ""} in a.look_alikes
-    assert any("Amanita pantherina" in r and "not trained on" in r for r in a.reasons)
+    # the model never saw the panther cap, so it cannot rule it out: never "edible"
+    assert a.verdict == "uncertain" and a.rules == ["unknown_look_alike"]
+    assert any("Amanita pantherina, graded poisonous" in r and "never trained on" in r for r in a.reasons)
+    # with the panther cap among its classes, the model weighs it itself
+    classes = [t["Amanita rubescens"], t["Boletus edulis"], t["Amanita pantherina"]]
+    assert advise(np.array([0.95, 0.04, 0.01]), classes, cfg.predict, table).verdict == "edible"
 
 
 def test_parse_look_alikes_rejoins_split_parentheses():
@@ -204,7 +247,7 @@ def test_json_keys_are_stable_and_serialisable(cfg, classes, table, top_k):
         probs = [e["probability"] for e in out["top5"]]
         assert probs == sorted(probs, reverse=True)
         assert set(out["certainty"]) == {"probability", "level"}
-        assert out["verdict"] in ("edible", "not_edible", "uncertain")
+        assert out["verdict"] in VERDICTS and set(out["rules"]) <= set(RULES)
         assert out["reasons"][-1] == REMINDER
         for la in out["look_alikes"]:
             assert set(la) == {"name", "of_species", "edibility", "in_model", "note"}
@@ -245,10 +288,14 @@ def test_demo_config_classes_work(table):
     classes = selected_species(demo)
     p = np.full(len(classes), 0.01)
     p[[s.name for s in classes].index("Macrolepiota procera")] = 1 - 0.01 * (len(classes) - 1)
-    a = advise(p, classes, demo.predict, table)
-    assert a.verdict == "edible"  # pantherina holds 1% <= 2%
-    assert any("Chlorophyllum molybdites" in r for r in a.reasons)
-    assert any("Amanita pantherina" in r and "gives 1.0%" in r for r in a.reasons)
+    a = advise(p, classes, demo.predict, graded_species(demo))
+    # pantherina holds 1% <= 2%, but the false parasol was never learnt: not "edible"
+    assert a.verdict == "uncertain" and a.rules == ["unknown_look_alike"]
+    assert any("Chlorophyllum molybdites, graded poisonous" in r for r in a.reasons)
+    # the king bolete's unseen look-alike is only bitter: the demo model may call it edible
+    p = np.full(len(classes), 0.01)
+    p[[s.name for s in classes].index("Boletus edulis")] = 1 - 0.01 * (len(classes) - 1)
+    assert advise(p, classes, demo.predict, graded_species(demo)).verdict == "edible"
 
 
 def test_advice_module_does_not_import_tensorflow():

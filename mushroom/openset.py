@@ -1,0 +1,189 @@
+"""Open set: how much a photo looks like none of the species the model knows. Pure NumPy (predict.py
+and the phone page compute the same from what an exported file gives), no TensorFlow.
+
+    z = log_probs(outputs, temperature)                 # calibrated log-probabilities
+    s = unknown_scores(outputs, temperature, stats)     # {score name: (N,) array}, higher = more unknown
+    t = fit_threshold(s["msp"][unknown_val], 0.95)      # flags 95 % of the unknown-val photos
+    flagged = s["msp"] >= t
+
+`outputs` is what a model file gives for a batch, by role (modelio.OUTPUT_LAYERS): "probs", and for
+files exported by this project "logits" and "embedding". The scores:
+- msp: 1 - the maximum calibrated probability (softmax(logits / T));
+- energy: -T log sum exp(logits / T), the free energy (Liu et al., 2020), at the calibrated T;
+- max_logit: minus the largest logit (Hendrycks et al., 2022);
+- mahalanobis: the smallest Mahalanobis distance of the embedding to a class mean, with one shared
+  covariance fitted on the training photos (Lee et al., 2018); needs `stats` (fit_feature_stats).
+Files without logits (older exports) give msp only, from their probabilities.
+
+Several photos of one find are fused (`fuse`) into the outputs of one photo, then calibrated and
+scored like one photo.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+SCORES = ("msp", "energy", "max_logit", "mahalanobis")
+FUSIONS = ("mean", "sum")
+EPS = 1e-12
+# Ledoit-Wolf-style shrinkage of the shared covariance towards its mean variance: 1280-d embeddings
+# from a few hundred training photos give a singular covariance otherwise.
+SHRINKAGE = 0.1
+
+
+def _logits(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Logits, or log-probabilities (logits up to a per-row constant) for files without them."""
+    if "logits" in outputs:
+        return np.asarray(outputs["logits"], np.float64)
+    return np.log(np.clip(np.asarray(outputs["probs"], np.float64), EPS, 1.0))
+
+
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    m = z.max(axis=-1, keepdims=True)
+    return (m + np.log(np.exp(z - m).sum(axis=-1, keepdims=True)))[..., 0]
+
+
+def log_probs(outputs: Mapping[str, np.ndarray], temperature: float | None = None) -> np.ndarray:
+    """Calibrated log-probabilities (N, C): log softmax(logits / T) (T = 1 when None)."""
+    z = _logits(outputs) / (temperature or 1.0)
+    return z - _logsumexp(z)[..., None]
+
+
+def probabilities(outputs: Mapping[str, np.ndarray], temperature: float | None = None) -> np.ndarray:
+    return np.exp(log_probs(outputs, temperature))
+
+
+def available_scores(outputs: Mapping[str, np.ndarray], stats: Mapping | None = None) -> tuple[str, ...]:
+    out = ["msp"]
+    if "logits" in outputs:
+        out += ["energy", "max_logit"]
+    if "embedding" in outputs and stats is not None:
+        out.append("mahalanobis")
+    return tuple(out)
+
+
+def unknown_scores(outputs: Mapping[str, np.ndarray], temperature: float | None = None,
+                   stats: Mapping | None = None, which: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """{score: (N,) array}, higher = more likely a species the model does not know."""
+    names = [s for s in (which or SCORES) if s in available_scores(outputs, stats)]
+    t = temperature or 1.0
+    out = {}
+    if "msp" in names:
+        out["msp"] = 1.0 - np.exp(log_probs(outputs, t).max(axis=-1))
+    if "energy" in names:
+        out["energy"] = -t * _logsumexp(_logits(outputs) / t)
+    if "max_logit" in names:
+        out["max_logit"] = -_logits(outputs).max(axis=-1)
+    if "mahalanobis" in names:
+        out["mahalanobis"] = mahalanobis(outputs["embedding"], stats)
+    return out
+
+
+# --- the feature-space score -----------------------------------------------------------------------
+def fit_feature_stats(embeddings: np.ndarray, labels: np.ndarray, n_classes: int,
+                      shrinkage: float = SHRINKAGE) -> dict:
+    """Class means and the shared precision matrix of training embeddings (N, D)."""
+    x = np.asarray(embeddings, np.float64)
+    y = np.asarray(labels)
+    means = np.stack([x[y == c].mean(axis=0) if np.any(y == c) else np.full(x.shape[1], np.nan)
+                      for c in range(n_classes)])
+    centred = x - means[y]
+    cov = centred.T @ centred / max(1, len(x) - n_classes)
+    target = np.trace(cov) / cov.shape[0]
+    cov = (1 - shrinkage) * cov + shrinkage * target * np.eye(cov.shape[0])
+    return {"means": means.astype(np.float32), "precision": np.linalg.inv(cov).astype(np.float32)}
+
+
+def mahalanobis(embeddings: np.ndarray, stats: Mapping) -> np.ndarray:
+    """min over classes of (x - mean_c)^T P (x - mean_c); classes without training photos are skipped."""
+    x = np.asarray(embeddings, np.float64)
+    means = np.asarray(stats["means"], np.float64)
+    precision = np.asarray(stats["precision"], np.float64)
+    means = means[np.all(np.isfinite(means), axis=1)]
+    d = x[:, None, :] - means[None, :, :]                           # (N, C, D)
+    return np.einsum("ncd,de,nce->nc", d, precision, d).min(axis=1)
+
+
+# --- threshold and quality ---------------------------------------------------------------------------
+def fit_threshold(unknown_scores_val: np.ndarray, recall: float) -> float:
+    """The highest threshold t with mean(score >= t) >= recall on unknown-val photos: flagging
+    `recall` of the unknown photos while flagging as few known ones as the score allows."""
+    s = np.sort(np.asarray(unknown_scores_val, np.float64))
+    if not len(s):
+        raise ValueError("no unknown-val photos to fit the unknown-species threshold on")
+    k = int(math.floor((1.0 - recall) * len(s) + 1e-9))
+    return float(s[min(k, len(s) - 1)])
+
+
+def auroc(unknown: np.ndarray, known: np.ndarray) -> float:
+    """P(score of an unknown photo > score of a known one), ties counted half (Mann-Whitney U).
+    NaN when either side is empty."""
+    u = np.asarray(unknown, np.float64)
+    k = np.asarray(known, np.float64)
+    if not len(u) or not len(k):
+        return float("nan")
+    both = np.concatenate([u, k])
+    order = np.argsort(both, kind="mergesort")
+    ranks = np.empty(len(both))
+    sorted_vals = both[order]
+    # average ranks over ties
+    i = 0
+    while i < len(both):
+        j = i
+        while j + 1 < len(both) and sorted_vals[j + 1] == sorted_vals[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    rank_sum = ranks[:len(u)].sum()
+    return float((rank_sum - len(u) * (len(u) + 1) / 2.0) / (len(u) * len(k)))
+
+
+def choose_score(auroc_by_score: Mapping[str, float]) -> str:
+    """The score with the highest AUROC (ties: the first in SCORES, the simplest to compute)."""
+    valid = {k: v for k, v in auroc_by_score.items() if v is not None and math.isfinite(v)}
+    if not valid:
+        return "msp"
+    best = max(valid.values())
+    return next(s for s in SCORES if s in valid and valid[s] == best)
+
+
+def split_unknown_species(names: Sequence[str], dangerous: Sequence[bool], val_fraction: float,
+                          seed: int) -> tuple[list[str], list[str]]:
+    """(unknown-val, unknown-test) species names, disjoint: the forest's unknowns are new species,
+    not new photos of a species seen while fitting. Split within the dangerous and the other
+    species separately, so both sides hold poisonous/deadly ones when there are two or more."""
+    rng = np.random.default_rng(seed)
+    val, test = [], []
+    for flag in (True, False):
+        group = sorted(n for n, d in zip(names, dangerous) if bool(d) == flag)
+        if not group:
+            continue
+        group = [group[i] for i in rng.permutation(len(group))]
+        k = int(round(val_fraction * len(group)))
+        if len(group) >= 2:
+            k = min(max(k, 1), len(group) - 1)
+        val += group[:k]
+        test += group[k:]
+    return sorted(val), sorted(test)
+
+
+# --- several photos of one find ------------------------------------------------------------------------
+def fuse(outputs: Mapping[str, np.ndarray], how: str = "mean") -> dict:
+    """One find from several photos: outputs (n, ...) -> outputs (1, ...), to be calibrated and
+    scored with the same temperature and threshold as a single photo.
+
+    "mean" averages the logits: softmax(mean(z) / T) is exactly the renormalised geometric mean of
+    the photos' calibrated distributions (mean of calibrated log-probabilities), as confident as
+    one photo when they agree, and energy / max-logit keep the single-photo scale. "sum" adds the
+    calibrated log-probabilities, i.e. logits n * mean(z): each photo taken as independent evidence.
+    The embedding is averaged either way."""
+    if how not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {how!r}")
+    z = _logits(outputs)
+    fused = z.mean(axis=0) * (len(z) if how == "sum" else 1)
+    out = {"logits": fused[None], "probs": np.exp(fused - _logsumexp(fused))[None]}
+    if "embedding" in outputs:
+        out["embedding"] = np.asarray(outputs["embedding"], np.float64).mean(axis=0, keepdims=True)
+    return out
