@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     parser.add_argument("--variant", choices=("m", "s", "b0"), default=None,
                         help="EfficientNetV2 size: m (study), s, b0 (quick CPU runs); default: config model.name")
     return training.cli_main(parser, argv,
-                             lambda args: [f"model.name=efficientnet_v2_{args.variant}"] if args.variant else [])
+                             lambda args, cfg: [f"model.name=efficientnet_v2_{args.variant}"] if args.variant else [])
 
 
 if __name__ == "__main__":

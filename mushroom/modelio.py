@@ -32,6 +32,17 @@ def output_role(name: str) -> str | None:
     return next((role for role, layer in OUTPUT_LAYERS.items() if base == layer), None)
 
 
+def default_run_name(cfg) -> str:
+    """The two-stage model's folder name under paths.models_dir: '<experiment>-<model.name>'."""
+    return f"{cfg.experiment}-{cfg.model.name}"
+
+
+def baseline_run_name(cfg) -> str:
+    """The head-only baseline's folder name: '<experiment>-<baseline.model>-head' (never the same
+    folder as the two-stage model, even on the same backbone)."""
+    return f"{cfg.experiment}-{cfg.baseline.model}-head"
+
+
 def write_json(path: str | os.PathLike, data) -> None:
     atomic_write(path, (json.dumps(data, indent=2, allow_nan=False, default=_jsonable) + "\n").encode("utf-8"))
 

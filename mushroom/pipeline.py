@@ -1,5 +1,6 @@
-"""The whole study as one command: download -> train EfficientNetV2 -> train the ResNet baseline ->
-QAT and export -> evaluate -> README results -> one predict example.
+"""The whole study as one command: download -> train the forager's model (model.*, two stages) ->
+train the head-only baseline (baseline.*) -> QAT and export -> evaluate -> README results -> one
+predict example.
 
 Each stage is the user-facing script run in a child process (so a stage's memory is returned to
 the system before the next starts and the numbers below are per stage), skipped when its outputs
@@ -22,7 +23,7 @@ from typing import Callable
 from mushroom.config import PROJECT_ROOT, Config
 from mushroom.errors import UserError
 from mushroom.manifest import manifest_path, read_manifest
-from mushroom.modelio import META_FILE, MODEL_FILE, TFLITE_DIR
+from mushroom.modelio import META_FILE, MODEL_FILE, TFLITE_DIR, baseline_run_name, default_run_name
 
 # Any Keras application weight file: if this answers, ImageNet weights can be downloaded.
 IMAGENET_PROBE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -92,9 +93,8 @@ def plan(cfg: Config, config_path: str, overrides: list[str], from_folder: str |
     data_dir = Path(cfg.paths.data_dir)
     models_dir = Path(cfg.paths.models_dir)
     reports_dir = Path(cfg.paths.reports_dir)
-    effnet = models_dir / f"{cfg.experiment}-{cfg.model.name}"
-    resnet = models_dir / f"{cfg.experiment}-resnet50"
-    variant = cfg.model.name.rsplit("_", 1)[-1] if cfg.model.name.startswith("efficientnet_v2_") else "m"
+    main_model = models_dir / default_run_name(cfg)
+    baseline = models_dir / baseline_run_name(cfg)
     download = [py, "download_data.py", *common]
     if from_folder:
         download += ["--from-folder", from_folder] + (["--group-column", group_column] if group_column else [])
@@ -102,16 +102,16 @@ def plan(cfg: Config, config_path: str, overrides: list[str], from_folder: str |
     force_flag = ["--force"] if force else []
     stages = [
         Stage("download", download, lambda: _data_complete(data_dir) and not force),
-        Stage("train EfficientNetV2", [py, "train_efficientnet_v2.py", "--variant", variant, *common],
-              lambda: _model_complete(effnet) and not force),
-        Stage("train ResNet50 head", [py, "train_resnet_baseline.py", *common],
-              lambda: _model_complete(resnet) and not force),
-        Stage("quantize EfficientNetV2", [py, "quantize_qat.py", str(effnet), *common, *force_flag],
-              lambda: _quantized(effnet, formats) and not force),
-        Stage("quantize ResNet50", [py, "quantize_qat.py", str(resnet), *common, *force_flag],
-              lambda: _quantized(resnet, formats) and not force),
-        Stage("evaluate", [py, "evaluate.py", str(effnet), str(resnet), *common],
-              lambda: _newer(reports_dir / "metrics.json", [effnet, resnet, data_dir / "manifest.csv"]) and not force),
+        Stage(f"train {cfg.model.name}", [py, "train_efficientnet_v2.py", *common],
+              lambda: _model_complete(main_model) and not force),
+        Stage(f"train {cfg.baseline.model} head", [py, "train_resnet_baseline.py", *common],
+              lambda: _model_complete(baseline) and not force),
+        Stage(f"quantize {cfg.model.name}", [py, "quantize_qat.py", str(main_model), *common, *force_flag],
+              lambda: _quantized(main_model, formats) and not force),
+        Stage(f"quantize {cfg.baseline.model} head", [py, "quantize_qat.py", str(baseline), *common, *force_flag],
+              lambda: _quantized(baseline, formats) and not force),
+        Stage("evaluate", [py, "evaluate.py", str(main_model), str(baseline), *common],
+              lambda: _newer(reports_dir / "metrics.json", [main_model, baseline, data_dir / "manifest.csv"]) and not force),
         Stage("README results", [py, "update_results.py", *common], lambda: False),
     ]
     # The photo is chosen when the stage runs: on a first run data/test does not exist yet.
@@ -144,11 +144,18 @@ def run_pipeline(cfg: Config, config_path: str, overrides: list[str], from_folde
                  group_column: str | None = None, force: bool = False) -> PipelineRun:
     overrides = list(overrides)
     run = PipelineRun()
-    if cfg.model.weights == "imagenet" and not imagenet_reachable():
-        overrides.append("model.weights=null")
-        msg = ("ImageNet weights cannot be downloaded here, so every model TRAINS FROM SCRATCH "
-               "(model.weights=null): the results measure the pipeline and quantization, not the best "
-               "achievable accuracy. With internet, or model.weights=<local file>, rerun with --force.")
+    for key in ("model.weights", "baseline.weights"):
+        section, name = key.split(".")
+        weights = cfg[section][name]
+        if weights not in (None, "imagenet") and not Path(weights).expanduser().is_file():
+            raise UserError(f"{key} names {weights}, which does not exist: point it at the weights file "
+                            f"(the demo reads ../shared/weights), or set it to imagenet or null")
+    imagenet = [k for k in ("model.weights", "baseline.weights") if cfg[k.split(".")[0]].weights == "imagenet"]
+    if imagenet and not imagenet_reachable():
+        overrides += [f"{k}=null" for k in imagenet]
+        msg = (f"ImageNet weights cannot be downloaded here, so {' and '.join(imagenet)} fall back to null: those "
+               "models TRAIN FROM SCRATCH, and the results measure the pipeline and quantization, not the best "
+               "achievable accuracy. With internet, or a local weights file, rerun with --force.")
         print(f"{BANNER}\n{msg}\n{BANNER}", flush=True)
         run.notes.append(msg)
     run.stages = plan(cfg, config_path, overrides, from_folder, group_column, force)

@@ -41,6 +41,7 @@ from mushroom.config import Config, add_config_args, load_config, save_resolved
 from mushroom.errors import UserError
 from mushroom.keras_env import keras, tf
 from mushroom.manifest import manifest_path, read_manifest
+from mushroom.modelio import baseline_run_name, default_run_name  # noqa: F401  (the scripts' run names)
 
 MONITOR = "val_accuracy"
 
@@ -330,8 +331,10 @@ def save_run(cfg: Config, folder: str | os.PathLike, model: keras.Model, meta: d
     return folder
 
 
-def default_run_name(cfg: Config) -> str:
-    return f"{cfg.experiment}-{cfg.model.name}"
+def baseline_overrides(cfg: Config) -> list[str]:
+    """What makes the config train the baseline: its backbone and weights, and no stage 2."""
+    weights = "null" if cfg.baseline.weights is None else cfg.baseline.weights
+    return [f"model.name={cfg.baseline.model}", f"model.weights={weights}", "train.stage2.epochs=0"]
 
 
 def train(cfg: Config, data_dir: str | os.PathLike, models_dir: str | os.PathLike, run_name: str | None = None) -> Path:
@@ -377,12 +380,16 @@ def argument_parser(description: str | None) -> argparse.ArgumentParser:
 
 
 def cli_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
-             forced_overrides: Callable[[argparse.Namespace], list[str]] = lambda args: []) -> int:
-    """Parse --config/--set (+ the script's own options), apply the script's forced overrides after
-    the user's (before validation, so the saved config shows them) and train."""
+             forced_overrides: Callable[[argparse.Namespace, Config], list[str]] = lambda args, cfg: [],
+             run_name: Callable[[Config], str] = default_run_name) -> int:
+    """Parse --config/--set (+ the script's own options), apply the script's forced overrides
+    (a function of the options and the user's config) after the user's, before validation, so the
+    saved config shows them, and train into --run-name or run_name(config)."""
     add_config_args(parser)
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, [*args.overrides, *forced_overrides(args)])
+    user_cfg = load_config(args.config, args.overrides)
+    forced = forced_overrides(args, user_cfg)
+    cfg = load_config(args.config, [*args.overrides, *forced]) if forced else user_cfg
     data_dir = Path(args.data_dir) if args.data_dir else Path(cfg.paths.data_dir)
-    train(cfg, data_dir, Path(cfg.paths.models_dir), run_name=args.run_name)
+    train(cfg, data_dir, Path(cfg.paths.models_dir), run_name=args.run_name or run_name(cfg))
     return 0

@@ -26,12 +26,24 @@ def test_plan_runs_every_stage_in_order_with_the_same_config(tmp_path):
     assert stages[-1].argv()[1:3] == ["predict.py", str(tmp_path / "data/test/Boletus_edulis/1.jpg")]
     stages = stages[:-1]
     assert stages[0].argv[-4:] == ["--from-folder", "../shared/data/fungi128", "--group-column", "date"]
-    assert stages[1].argv[2:4] == ["--variant", "b0"]
+    assert "--variant" not in stages[1].argv   # the config's model.name (mobilenet_v2 in the demo)
+    assert [s.name for s in stages[1:5]] == ["train mobilenet_v2", "train mobilenet_v2 head",
+                                            "quantize mobilenet_v2", "quantize mobilenet_v2 head"]
     for s in stages:
         assert s.argv[s.argv.index("--config") + 1] == "configs/demo.yaml"
         assert "model.weights=null" in s.argv
-    assert stages[3].argv[2] == str(tmp_path / "models" / "demo-efficientnet_v2_b0")
+    assert stages[3].argv[2] == str(tmp_path / "models" / "demo-mobilenet_v2")
+    assert stages[4].argv[2] == str(tmp_path / "models" / "demo-mobilenet_v2-head")
+    assert stages[5].argv[2:4] == [str(tmp_path / "models" / "demo-mobilenet_v2"),
+                                   str(tmp_path / "models" / "demo-mobilenet_v2-head")]
     assert not any(s.done() for s in stages)
+
+
+def test_a_missing_weights_file_stops_the_run_before_any_stage(tmp_path):
+    cfg = _cfg(tmp_path, f"model.weights={tmp_path / 'nope.tflite'}")
+    with pytest.raises(UserError, match=r"model.weights names .*nope.tflite, which does not exist"):
+        run_pipeline(cfg, "configs/demo.yaml", [])
+    assert not (tmp_path / "data").exists()
 
 
 def test_completeness_checks(tmp_path, photo_folder):
