@@ -15,26 +15,37 @@ from typing import Callable
 
 import numpy as np
 
-from mushroom import manifest, metrics
+from mushroom import manifest, metrics, openset
+from mushroom.advice import UnknownCheck, advise
 from mushroom.config import EXPORT_FORMATS, Config
 from mushroom.errors import UserError
-from mushroom.modelio import MODEL_FILE, TEMPERATURE_FILE, TFLITE_DIR, read_meta, write_json
-from mushroom.species import Species
+from mushroom.images import load_image
+from mushroom.modelio import (MODEL_FILE, OPEN_SET_FILE, OPEN_SET_STATS_DIR, TEMPERATURE_FILE, TFLITE_DIR,
+                              read_meta, write_json)
+from mushroom.species import Species, graded_species, unknown_species
 
 FORMATS = ("keras",) + EXPORT_FORMATS
 # Keys every metrics.json entry carries (README, "metrics.json"): later tooling relies on them.
 CONTRACT_KEYS = ("model", "format", "top1", "top5", "macro_f1", "edible_precision", "edible_recall",
                  "edible_f1", "dangerous_error", "ece", "ece_calibrated", "temperature", "size_mb",
-                 "latency_ms_median", "latency_ms_p95", "threads", "n_test")
-DELTA_KEYS = ("top1", "top5", "ece", "dangerous_error")
+                 "latency_ms_median", "latency_ms_p95", "threads", "n_test", "unknown_auroc", "unknown_flagged",
+                 "known_coverage", "unknown_verdict_edible", "unknown_dangerous_verdict_edible", "fused_top1")
+DELTA_KEYS = ("top1", "top5", "ece", "dangerous_error", "unknown_auroc", "known_coverage")
+# Unknown-species keys of every entry (README, "metrics.json"); null when no unknown photos were imported.
+OPEN_SET_KEYS = ("unknown_score", "unknown_threshold", "unknown_recall_target", "unknown_auroc",
+                 "unknown_auroc_val", "unknown_flagged", "known_coverage", "unknown_verdict_edible",
+                 "unknown_dangerous_verdict_edible", "unknown_verdict_edible_unflagged",
+                 "unknown_dangerous_verdict_edible_unflagged", "n_unknown_val", "n_unknown_test",
+                 "n_unknown_species_val", "n_unknown_species_test",
+                 *(f"unknown_auroc_{s}" for s in openset.SCORES), *(f"unknown_auroc_val_{s}" for s in openset.SCORES))
 
 
 @dataclass
 class Split:
     images: np.ndarray      # uint8 (N, S, S, 3)
-    labels: np.ndarray      # int (N,)
+    labels: np.ndarray      # int (N,); -1 for photos of unknown species
     rows: list[dict]        # the manifest rows, in the same order
-    skipped: int            # photos of species the model does not know
+    skipped: int            # photos of species the model does not know (known splits only)
 
 
 def model_files(folder: Path) -> dict[str, Path]:
@@ -55,13 +66,45 @@ def load_split(data_dir: str | os.PathLike, split: str, class_names: list[str], 
     return Split(images, labels, rows, total - len(rows))
 
 
+@dataclass
+class OpenSetData:
+    """Photos of species the model never learnt, split by species: unknown-val fits the threshold,
+    unknown-test measures it (never the same species)."""
+    val: Split | None
+    test: Split | None
+    val_species: list[str]
+    test_species: list[str]
+    dangerous: dict[str, bool]      # species -> poisonous/deadly
+
+
+def load_open_set(cfg: Config, data_dir: Path, class_names: list[str], size: int) -> OpenSetData:
+    """Every imported photo (any split) of cfg's unknown species that the model does not know."""
+    rows = manifest.read_manifest(manifest.manifest_path(data_dir))
+    unknown = {s.name: s for s in unknown_species(cfg) if s.name not in class_names}
+    present = sorted({r["species"] for r in rows if r["species"] in unknown})
+    dangerous = {n: unknown[n].is_dangerous for n in present}
+    val_names, test_names = openset.split_unknown_species(present, [dangerous[n] for n in present],
+                                                          cfg.open_set.unknown_val_fraction, cfg.seed)
+
+    def split(names: list[str]) -> Split | None:
+        picked = sorted((r for r in rows if r["species"] in set(names)), key=lambda r: r["path"])
+        if not picked:
+            return None
+        images = np.stack([load_image(data_dir / r["path"], size) for r in picked])
+        return Split(images, np.full(len(picked), -1), picked, 0)
+
+    return OpenSetData(split(val_names), split(test_names), val_names, test_names, dangerous)
+
+
 class Predictor:
-    """One model file behind one interface: probabilities for a uint8 batch, and one-image timing."""
+    """One model file behind one interface: every output (probs, logits, embedding) for a uint8
+    batch, and one-image timing."""
 
     def __init__(self, fmt: str, path: Path, threads: int | None):
         self.fmt, self.path, self.threads = fmt, path, threads
         if fmt == "keras":
             from mushroom.keras_env import keras, tf
+            from mushroom.models import with_outputs
 
             if threads:
                 try:
@@ -70,6 +113,7 @@ class Predictor:
                 except RuntimeError:  # already initialised: the setting cannot change any more
                     pass
             self.model = keras.models.load_model(path, compile=False)
+            self._outputs = with_outputs(self.model)
             self.runtime = "tensorflow"
         else:
             from mushroom.litert import TFLiteModel
@@ -77,10 +121,14 @@ class Predictor:
             self.model = TFLiteModel(path, num_threads=threads)
             self.runtime = "litert"
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
+    def outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
         if self.fmt == "keras":
-            return np.asarray(self.model.predict(images.astype(np.float32), batch_size=32, verbose=0), np.float64)
-        return np.asarray(self.model.predict(images), np.float64)
+            out = self._outputs.predict(images.astype(np.float32), batch_size=32, verbose=0)
+            return {k: np.asarray(v, np.float64) for k, v in out.items()}
+        return {k: np.asarray(v, np.float64) for k, v in self.model.run(images).items()}
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self.outputs(images)["probs"]
 
     def one(self) -> Callable[[np.ndarray], object]:
         if self.fmt == "keras":
@@ -105,54 +153,202 @@ def class_masks(species: list[Species]) -> tuple[np.ndarray, np.ndarray]:
     return (np.array([s.is_edible for s in species], bool), np.array([s.is_dangerous for s in species], bool))
 
 
-def verdict_rates(calibrated: np.ndarray, labels: np.ndarray, species: list[Species], cfg: Config) -> dict:
-    """What predict.py would say, photo by photo: the share of poisonous/deadly test photos that
-    get an "edible" verdict (the number a forager cares about; should be 0) and the share of
-    edible test photos that do (what the caution costs). None when the split has no such photo."""
-    from mushroom.advice import advise
+def verdicts(calibrated: np.ndarray, species: list[Species], cfg: Config, graded: list[Species],
+             checks: list[UnknownCheck | None] | None = None) -> list[str]:
+    """predict.py's verdict for each calibrated probability vector (with its unknown check)."""
+    checks = checks or [None] * len(calibrated)
+    return [advise(p, species, cfg.predict, graded, unknown=u).verdict for p, u in zip(calibrated, checks)]
 
-    verdicts = [advise(p, species, cfg.predict).verdict for p in calibrated]
-    def rate(mask):
-        picked = [v for v, m in zip(verdicts, mask) if m]
-        return sum(v == "edible" for v in picked) / len(picked) if picked else None
-    return {"dangerous_verdict_edible": rate([species[y].is_dangerous for y in labels]),
-            "edible_verdict_edible": rate([species[y].is_edible for y in labels])}
+
+def _edible_rate(verdict_list: list[str], mask) -> float | None:
+    picked = [v for v, m in zip(verdict_list, mask) if m]
+    return sum(v == "edible" for v in picked) / len(picked) if picked else None
+
+
+def verdict_rates(verdict_list: list[str], labels: np.ndarray, species: list[Species]) -> dict:
+    """The share of poisonous/deadly test photos that get an "edible" verdict (the number a
+    forager cares about; should be 0) and the share of edible test photos that do (what the
+    caution costs). None when the split has no such photo."""
+    return {"dangerous_verdict_edible": _edible_rate(verdict_list, [species[y].is_dangerous for y in labels]),
+            "edible_verdict_edible": _edible_rate(verdict_list, [species[y].is_edible for y in labels])}
+
+
+def _groups(rows: list[dict]) -> list[np.ndarray]:
+    """Indices of the photos of each find (the manifest's observation_id: an iNaturalist
+    observation, or the import's group column), in first-seen order."""
+    by: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by.setdefault(f"{r['species']}|{r['observation_id']}", []).append(i)
+    return [np.array(v) for v in by.values()]
+
+
+def _subset(outputs: dict, idx: np.ndarray) -> dict:
+    return {k: v[idx] for k, v in outputs.items()}
+
+
+def fused_outputs(outputs: dict, groups: list[np.ndarray], how: str) -> dict:
+    """One fused row per group (openset.fuse), stacked."""
+    fused = [openset.fuse(_subset(outputs, g), how) for g in groups]
+    return {k: np.concatenate([f[k] for f in fused]) for k in fused[0]}
+
+
+class _ModelChoices:
+    """Choices made once per model on its reference (first evaluated) format, then kept for its
+    other formats, so the study compares the formats under the same rules."""
+
+    def __init__(self):
+        self.score: str | None = None
+        self.fusion: str | None = None
+
+
+def _open_set_entry(cfg: Config, choice: _ModelChoices, species: list[Species], graded: list[Species],
+                    temperature: float, stats: dict | None, outs: dict, test: Split, ops: OpenSetData,
+                    val: Split) -> tuple[dict, dict, dict]:
+    """Unknown-species metrics of one format (None when there are no unknown photos), the record
+    predict.py needs (open_set.json), and arrays for plots."""
+    keys = {k: None for k in OPEN_SET_KEYS}
+    if ops.val is None or ops.test is None:
+        return keys, {}, {}
+    scores = {name: openset.unknown_scores(outs[name], temperature, stats)
+              for name in ("val", "test", "unknown_val", "unknown_test")}
+    names = [s for s in openset.SCORES if s in scores["val"]]
+    auroc_val = {s: openset.auroc(scores["unknown_val"][s], scores["val"][s]) for s in names}
+    auroc_test = {s: openset.auroc(scores["unknown_test"][s], scores["test"][s]) for s in names}
+    if choice.score is None:
+        wanted = cfg.open_set.score
+        if wanted != "auto" and wanted not in names:
+            raise UserError(f"open_set.score is {wanted}, which this model's files cannot give (they give "
+                            f"{', '.join(names)}): choose one of those or auto")
+        choice.score = openset.choose_score(auroc_val) if wanted == "auto" else wanted
+    name = choice.score
+    recall = cfg.predict.unknown_recall
+    threshold = openset.fit_threshold(scores["unknown_val"][name], recall)
+    flagged_unknown = scores["unknown_test"][name] >= threshold
+    flagged_known = scores["test"][name] >= threshold
+    unknown_probs = openset.probabilities(outs["unknown_test"], temperature)
+    checks = [UnknownCheck(float(v), threshold, name, recall) for v in scores["unknown_test"][name]]
+    verdict_flagged = verdicts(unknown_probs, species, cfg, graded, checks)
+    verdict_unflagged = verdicts(unknown_probs, species, cfg, graded)
+    dangerous = [ops.dangerous[r["species"]] for r in ops.test.rows]
+    keys.update({
+        "unknown_score": name, "unknown_threshold": threshold, "unknown_recall_target": recall,
+        "unknown_auroc": auroc_test[name], "unknown_auroc_val": auroc_val[name],
+        **{f"unknown_auroc_{s}": auroc_test.get(s) for s in openset.SCORES},
+        **{f"unknown_auroc_val_{s}": auroc_val.get(s) for s in openset.SCORES},
+        "unknown_flagged": float(flagged_unknown.mean()), "known_coverage": float(1.0 - flagged_known.mean()),
+        "unknown_verdict_edible": _edible_rate(verdict_flagged, [True] * len(dangerous)),
+        "unknown_dangerous_verdict_edible": _edible_rate(verdict_flagged, dangerous),
+        "unknown_verdict_edible_unflagged": _edible_rate(verdict_unflagged, [True] * len(dangerous)),
+        "unknown_dangerous_verdict_edible_unflagged": _edible_rate(verdict_unflagged, dangerous),
+        "n_unknown_val": int(len(ops.val.rows)), "n_unknown_test": int(len(ops.test.rows)),
+        "n_unknown_species_val": len(ops.val_species), "n_unknown_species_test": len(ops.test_species),
+    })
+    record = {"score": name, "threshold": threshold, "unknown_recall": recall,
+              "auroc_val": auroc_val[name], "temperature": temperature}
+    arrays = {"known": scores["test"][name], "unknown": scores["unknown_test"][name], "threshold": threshold,
+              "score": name, "known_correct": openset.log_probs(outs["test"]).argmax(1) == test.labels}
+    return keys, record, arrays
+
+
+def _fusion_entry(choice: _ModelChoices, temperature: float, stats: dict | None, outs: dict, test: Split,
+                  val: Split, ops: OpenSetData, score: str | None, n_bins: int) -> dict:
+    """Single-photo vs fused-per-find top-1 and ECE on the test split; the fusion rule (mean or
+    sum of calibrated log-probabilities) chosen on val finds by NLL."""
+    test_groups, val_groups = _groups(test.rows), _groups(val.rows)
+    labels = np.array([test.labels[g[0]] for g in test_groups])
+    if choice.fusion is None:
+        val_labels = np.array([val.labels[g[0]] for g in val_groups])
+        nll = {how: metrics.nll(openset.probabilities(fused_outputs(outs["val"], val_groups, how), temperature),
+                                val_labels) for how in openset.FUSIONS}
+        choice.fusion = min(openset.FUSIONS, key=lambda how: (nll[how], how != "mean"))
+    out = {"fusion": choice.fusion, "n_finds_test": len(test_groups)}
+    for how in openset.FUSIONS:
+        probs = openset.probabilities(fused_outputs(outs["test"], test_groups, how), temperature)
+        out[f"fused_top1_{how}"] = metrics.topk_accuracy(probs, labels, 1)
+        out[f"fused_ece_{how}"] = metrics.expected_calibration_error(probs, labels, n_bins)
+    out["fused_top1"] = out[f"fused_top1_{choice.fusion}"]
+    out["fused_ece"] = out[f"fused_ece_{choice.fusion}"]
+    out["fused_unknown_auroc"] = None
+    if score is not None and ops.test is not None:
+        unknown_groups = _groups(ops.test.rows)
+        fk = openset.unknown_scores(fused_outputs(outs["test"], test_groups, choice.fusion), temperature, stats, [score])
+        fu = openset.unknown_scores(fused_outputs(outs["unknown_test"], unknown_groups, choice.fusion),
+                                    temperature, stats, [score])
+        out["fused_unknown_auroc"] = openset.auroc(fu[score], fk[score])
+        out["n_finds_unknown_test"] = len(unknown_groups)
+    return out
 
 
 def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str] | None = None,
                     log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
-    """Metrics entries (one per format) for one model folder, plus arrays for plots."""
+    """Metrics entries (one per format) for one model folder, plus arrays for plots. Writes the
+    fitted temperatures (temperature.json) and unknown-species thresholds (open_set.json, with the
+    feature statistics a Mahalanobis score needs) into the folder for predict.py."""
     meta = read_meta(folder)
     class_names, size = meta["class_names"], int(meta["image_size"])
     species = [Species.from_dict(s) for s in meta["species"]]
+    graded = graded_species(cfg)
     edible, dangerous = class_masks(species)
     test = load_split(data_dir, "test", class_names, size)
     val = load_split(data_dir, "val", class_names, size)
+    train = load_split(data_dir, "train", class_names, size)
+    ops = load_open_set(cfg, data_dir, class_names, size)
     if test.skipped:
-        log(f"  note: {test.skipped} test photos are of species {folder.name} was not trained on; left out")
+        log(f"  note: {test.skipped} test photos are of species {folder.name} was not trained on; they are "
+            "evaluated only as unknowns when open_set names them")
+    if ops.val is None or ops.test is None:
+        log("  note: no photos of species outside the model's classes (or only one such species): unknown-species "
+            "detection is not measured and no threshold is fitted; import them (open_set.unknown_species)")
+    else:
+        log(f"  unknown species: {len(ops.val_species)} fit the threshold ({len(ops.val.rows)} photos), "
+            f"{len(ops.test_species)} measure it ({len(ops.test.rows)} photos)")
     files = model_files(folder)
     wanted = [f for f in (formats or FORMATS) if f in files]
     if not wanted:
         raise UserError(f"{folder} has none of the formats {', '.join(formats or FORMATS)}: run quantize_qat.py first")
     threads = cfg.evaluate.threads
-    entries, arrays = [], {"labels": test.labels, "class_names": class_names, "rows": test.rows, "probs": {}}
-    temperatures = {}
+    entries = []
+    arrays = {"labels": test.labels, "class_names": class_names, "rows": test.rows, "probs": {}, "open_set": {}}
+    temperatures, open_set_records, stats_files = {}, {}, {}
+    choice = _ModelChoices()
     for fmt in wanted:
         t0 = time.perf_counter()
         predictor = Predictor(fmt, files[fmt], threads)
-        probs_val = predictor.predict(val.images)
-        probs = predictor.predict(test.images)
-        temperature = metrics.fit_temperature(metrics.to_log_probs(probs_val), val.labels)
+        outs = {"val": predictor.outputs(val.images), "test": predictor.outputs(test.images)}
+        if ops.val is not None and ops.test is not None:
+            outs["unknown_val"] = predictor.outputs(ops.val.images)
+            outs["unknown_test"] = predictor.outputs(ops.test.images)
+        stats = None
+        if "embedding" in outs["val"]:
+            train_out = predictor.outputs(train.images)
+            stats = openset.fit_feature_stats(train_out["embedding"], train.labels, len(class_names))
+        # Probabilities from the file's logits when it has them (finer than an int8 file's uint8
+        # probability output, which ties often), so every format is read the same way.
+        temperature = metrics.fit_temperature(openset.log_probs(outs["val"]), val.labels)
         temperatures[fmt] = temperature
-        calibrated = metrics.apply_temperature(probs, temperature)
+        probs = openset.probabilities(outs["test"])
+        calibrated = openset.probabilities(outs["test"], temperature)
         summary = metrics.summarize(probs, test.labels, edible, dangerous, n_bins=cfg.evaluate.ece_bins)
+        open_keys, record, os_arrays = _open_set_entry(cfg, choice, species, graded, temperature, stats, outs,
+                                                       test, ops, val)
+        checks = None
+        if record:
+            score = openset.unknown_scores(outs["test"], temperature, stats, [record["score"]])[record["score"]]
+            checks = [UnknownCheck(float(v), record["threshold"], record["score"], record["unknown_recall"])
+                      for v in score]
+            open_set_records[fmt] = record
+            if record["score"] == "mahalanobis":
+                stats_files[fmt] = stats
+        fusion = _fusion_entry(choice, temperature, stats, outs, test, val, ops, record.get("score"),
+                               cfg.evaluate.ece_bins)
         med, p95 = latency_ms(predictor.one(), test.images[0], cfg.evaluate.latency_runs, cfg.evaluate.latency_warmup)
         entry = {
             "model": folder.name, "format": fmt, **summary,
             "ece_calibrated": metrics.expected_calibration_error(calibrated, test.labels, cfg.evaluate.ece_bins),
-            **verdict_rates(calibrated, test.labels, species, cfg),
+            **verdict_rates(verdicts(calibrated, species, cfg, graded, checks), test.labels, species),
             "top1_calibrated_unchanged": bool((calibrated.argmax(1) == probs.argmax(1)).all()),
             "temperature": temperature,
+            **open_keys, **fusion,
             "size_mb": files[fmt].stat().st_size / 1e6,
             "latency_ms_median": med, "latency_ms_p95": p95,
             "threads": threads or os.cpu_count(), "runtime": predictor.runtime,
@@ -162,15 +358,41 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
         entries.append(entry)
         arrays["probs"][fmt] = probs
         arrays.setdefault("calibrated", {})[fmt] = calibrated
+        if os_arrays:
+            arrays["open_set"][fmt] = os_arrays
+        unknown_text = (f"  unknown AUROC {entry['unknown_auroc']:.3f} ({entry['unknown_score']}), flags "
+                        f"{entry['unknown_flagged']:.0%} of unknown, keeps {entry['known_coverage']:.0%} of known"
+                        if record else "")
         log(f"  {fmt:9s} top-1 {entry['top1']:.3f}  top-5 {entry['top5']:.3f}  ECE {entry['ece']:.3f} -> "
             f"{entry['ece_calibrated']:.3f} (T={temperature:.2f})  {entry['size_mb']:.2f} MB  "
-            f"{med:.1f} ms  [{time.perf_counter() - t0:.0f} s]")
+            f"{med:.1f} ms{unknown_text}  [{time.perf_counter() - t0:.0f} s]")
     add_degradation(entries)
     reference = entries[0]["format"]
     write_json(folder / TEMPERATURE_FILE, {
         "temperature": temperatures[reference], "reference_format": reference, "by_format": temperatures,
         "fitted_on": "val", "n_val": int(len(val.labels))})
+    write_open_set(folder, open_set_records, stats_files, ops, choice, reference)
     return entries, arrays
+
+
+def write_open_set(folder: Path, records: dict, stats_files: dict, ops: OpenSetData, choice: _ModelChoices,
+                   reference: str) -> None:
+    """open_set.json (and open_set/<format>.npz for a Mahalanobis score) beside temperature.json;
+    an older open_set.json is removed when nothing was fitted, so predict.py never uses a stale one."""
+    stats_dir = folder / OPEN_SET_STATS_DIR
+    if stats_dir.is_dir():
+        for old in stats_dir.glob("*.npz"):
+            old.unlink()
+    if not records:
+        (folder / OPEN_SET_FILE).unlink(missing_ok=True)
+        return
+    for fmt, stats in stats_files.items():
+        stats_dir.mkdir(exist_ok=True)
+        np.savez(stats_dir / f"{fmt}.npz", **stats)
+    write_json(folder / OPEN_SET_FILE, {
+        "by_format": records, "reference_format": reference, "fusion": choice.fusion,
+        "unknown_val_species": ops.val_species, "unknown_test_species": ops.test_species,
+        "fitted_on": "unknown-val species (threshold), val (temperature)"})
 
 
 def add_degradation(entries: list[dict]) -> None:

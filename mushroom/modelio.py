@@ -17,6 +17,8 @@ MODEL_FILE = "model.keras"
 META_FILE = "meta.json"
 HISTORY_FILE = "history.json"
 TEMPERATURE_FILE = "temperature.json"
+OPEN_SET_FILE = "open_set.json"          # unknown-species score and threshold per format (evaluate.py)
+OPEN_SET_STATS_DIR = "open_set"          # <format>.npz: class means / precision for a Mahalanobis score
 TFLITE_DIR = "tflite"
 
 # What a model (and each exported file) gives, by role -> the layer producing it. "probs" is the

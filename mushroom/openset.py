@@ -152,20 +152,23 @@ def choose_score(auroc_by_score: Mapping[str, float]) -> str:
 def split_unknown_species(names: Sequence[str], dangerous: Sequence[bool], val_fraction: float,
                           seed: int) -> tuple[list[str], list[str]]:
     """(unknown-val, unknown-test) species names, disjoint: the forest's unknowns are new species,
-    not new photos of a species seen while fitting. Split within the dangerous and the other
-    species separately, so both sides hold poisonous/deadly ones when there are two or more."""
+    not new photos of a species seen while fitting. Seeded; both sides get at least one species
+    when there are two or more, and the dangerous (poisonous/deadly) species are spread over both
+    sides in proportion (stratified: each group shuffled, then interleaved by relative position,
+    ties going to the test side first for dangerous species, so the measured side holds one)."""
     rng = np.random.default_rng(seed)
-    val, test = [], []
+    ranked = []
     for flag in (True, False):
         group = sorted(n for n, d in zip(names, dangerous) if bool(d) == flag)
-        if not group:
-            continue
         group = [group[i] for i in rng.permutation(len(group))]
-        k = int(round(val_fraction * len(group)))
-        if len(group) >= 2:
-            k = min(max(k, 1), len(group) - 1)
-        val += group[:k]
-        test += group[k:]
+        # dangerous species get the later of two equal positions: the val side fills from the front
+        ranked += [((i + 0.5) / len(group), 1 if flag else 0, n) for i, n in enumerate(group)]
+    ranked.sort()
+    k = int(round(val_fraction * len(ranked)))
+    if len(ranked) >= 2:
+        k = min(max(k, 1), len(ranked) - 1)
+    val = [n for _, _, n in ranked[:k]]
+    test = [n for _, _, n in ranked[k:]]
     return sorted(val), sorted(test)
 
 

@@ -11,12 +11,14 @@ from typing import Iterator
 
 import numpy as np
 
-from mushroom.advice import Answer, advise
+from mushroom import openset
+from mushroom.advice import Answer, UnknownCheck, advise
 from mushroom.config import Config
 from mushroom.errors import UserError
 from mushroom.images import IMAGE_SUFFIXES, load_image
-from mushroom.modelio import META_FILE, TFLITE_DIR, read_meta, read_temperature
-from mushroom.species import Species, all_species
+from mushroom.modelio import (META_FILE, OPEN_SET_FILE, OPEN_SET_STATS_DIR, TFLITE_DIR, read_meta,
+                              read_temperature)
+from mushroom.species import Species, graded_species
 
 # Preference when no --model is given: the smallest, fastest files first (what a phone would ship).
 DEFAULT_FORMAT_ORDER = ("qat_int8", "ptq_int8", "dynamic", "float16", "float32")
@@ -87,7 +89,8 @@ def iter_photos(inputs: list[str]) -> Iterator[Path]:
 
 @dataclass
 class Forager:
-    """A loaded model with everything needed to answer: classes, size, temperature, species table."""
+    """A loaded model with everything needed to answer: classes, size, temperature, unknown-species
+    threshold, species table."""
     path: Path
     folder: Path
     fmt: str
@@ -97,6 +100,9 @@ class Forager:
     image_size: int
     temperature: float | None
     predict_cfg: dict
+    open_set: dict | None = None        # {score, threshold, unknown_recall, ...} for this format
+    stats: dict | None = None           # class means / precision, for a Mahalanobis score
+    fusion: str = "mean"                # how several photos of one find are combined
 
     @classmethod
     def load(cls, cfg: Config, model: str | None = None, threads: int | None = None) -> "Forager":
@@ -106,19 +112,70 @@ class Forager:
         meta = read_meta(folder)
         species = [Species.from_dict(s) for s in meta["species"]]
         runtime = TFLiteModel(path, num_threads=threads)
-        return cls(path, folder, fmt, runtime, species, all_species(cfg), int(meta["image_size"]),
-                   read_temperature(folder, fmt), dict(cfg.predict))
+        record, stats, fusion = read_open_set(folder, fmt)
+        return cls(path, folder, fmt, runtime, species, graded_species(cfg), int(meta["image_size"]),
+                   read_temperature(folder, fmt), dict(cfg.predict), record, stats, fusion or "mean")
+
+    def outputs(self, photos: list[Path]) -> dict[str, np.ndarray]:
+        """The model's outputs (probs, logits, embedding) for the photos, one row each."""
+        images = []
+        for photo in photos:
+            if photo.is_dir():
+                raise UserError(f"{photo} holds no photos (.jpg, .png, ...)")
+            images.append(load_image(photo, self.image_size))
+        return {k: np.asarray(v, np.float64) for k, v in self.model.run(np.stack(images)).items()}
+
+    def _answer(self, outputs: dict, image: str) -> Answer:
+        probs = openset.probabilities(outputs, self.temperature)[0]
+        unknown = None
+        if self.open_set is not None:
+            name = self.open_set["score"]
+            scores = openset.unknown_scores(outputs, self.temperature, self.stats, [name])
+            if name not in scores:
+                raise UserError(f"{self.path} does not give what its unknown-species score ({name}) needs: "
+                                "re-export it with quantize_qat.py --force, then evaluate.py")
+            unknown = UnknownCheck(float(scores[name][0]), float(self.open_set["threshold"]), name,
+                                   self.open_set.get("unknown_recall"))
+        return advise(probs, self.species, self.predict_cfg, self.table, image=image, unknown=unknown)
 
     def probabilities(self, photo: Path) -> np.ndarray:
-        if photo.is_dir():
-            raise UserError(f"{photo} holds no photos (.jpg, .png, ...)")
-        image = load_image(photo, self.image_size)
-        probs = np.asarray(self.model.predict(image[None]), np.float64)[0]
-        if self.temperature:
-            from mushroom.metrics import apply_temperature
-
-            probs = apply_temperature(probs[None], self.temperature)[0]
-        return probs
+        """Calibrated class probabilities of one photo."""
+        return openset.probabilities(self.outputs([photo]), self.temperature)[0]
 
     def answer(self, photo: Path) -> Answer:
-        return advise(self.probabilities(photo), self.species, self.predict_cfg, self.table, image=str(photo))
+        return self._answer(self.outputs([photo]), str(photo))
+
+    def answer_find(self, photos: list[Path]) -> Answer:
+        """One answer for several photos of one mushroom: their outputs fused (open_set.json's
+        fusion, chosen on validation finds), then calibrated and checked like one photo. One photo
+        gives exactly its single-photo answer."""
+        if not photos:
+            raise UserError("no photos of the find to answer")
+        return self.answer_outputs(self.outputs(photos), [str(p) for p in photos])
+
+    def answer_outputs(self, outputs: dict, images: list[str]) -> Answer:
+        """The answer for outputs (one row per photo of one find), fused when there are several."""
+        if len(images) > 1:
+            outputs = openset.fuse(outputs, self.fusion)
+        return self._answer(outputs, ", ".join(images))
+
+
+def read_open_set(folder: Path, fmt: str) -> tuple[dict | None, dict | None, str | None]:
+    """(this format's record, its feature statistics, the fusion rule) from open_set.json, or Nones
+    when evaluate.py fitted nothing (no unknown photos were imported)."""
+    path = folder / OPEN_SET_FILE
+    if not path.is_file():
+        return None, None, None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}): rerun evaluate.py") from None
+    record = data.get("by_format", {}).get(fmt)
+    stats = None
+    if record is not None and record["score"] == "mahalanobis":
+        stats_path = folder / OPEN_SET_STATS_DIR / f"{fmt}.npz"
+        if not stats_path.is_file():
+            raise UserError(f"{stats_path} is missing: rerun evaluate.py on {folder}")
+        with np.load(stats_path) as npz:
+            stats = {k: npz[k] for k in npz.files}
+    return record, stats, data.get("fusion")

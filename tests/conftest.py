@@ -56,7 +56,9 @@ def photo_folder(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_model_folder(tmp_path_factory):
     """A real, briefly trained 'tiny' model over three species of real photos (32 px), saved as a
-    model folder with float32 and ptq_int8 TFLite files, plus the data folder it was trained on."""
+    model folder with float32 and ptq_int8 TFLite files, plus the data folder it was trained on,
+    which also holds photos of two species the model never learns (the unknowns of the open set:
+    Hypholoma fasciculare, poisonous, and Pleurotus ostreatus)."""
     import json
 
     from mushroom.importer import import_folder
@@ -67,7 +69,8 @@ def tiny_model_folder(tmp_path_factory):
     from mushroom.species import selected_species
 
     root = tmp_path_factory.mktemp("tiny")
-    photos = _make_photo_folder(root / "photos", ["Amanita muscaria", "Boletus edulis", "Macrolepiota procera"], 12)
+    photos = _make_photo_folder(root / "photos", ["Amanita muscaria", "Boletus edulis", "Macrolepiota procera",
+                                                  "Hypholoma fasciculare", "Pleurotus ostreatus"], 12)
     cfg = load_config(None, ["wandb.mode=disabled", "image.size=32", "model.name=tiny", "model.weights=null",
                              "data.species_subset=[Amanita muscaria, Boletus edulis, Macrolepiota procera]",
                              f"paths.data_dir={root / 'data'}", f"paths.models_dir={root / 'models'}",

@@ -1,18 +1,30 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from mushroom.errors import UserError
 from mushroom.evaluation import CONTRACT_KEYS, evaluate_all, latency_ms, model_files
-from mushroom.modelio import find_model_folders
+from mushroom.modelio import find_model_folders  # noqa: F401
+from mushroom import openset
 
 
-def test_evaluate_writes_every_contract_key_per_format(tiny_model_folder, tmp_path):
+@pytest.fixture
+def evaluated(tiny_model_folder, tmp_path):
+    """The tiny model folder, copied (evaluation writes into it), evaluated once."""
     t = tiny_model_folder
+    folder = tmp_path / "models" / t["folder"].name
+    shutil.copytree(t["folder"], folder)
     reports = tmp_path / "reports"
-    entries, extras = evaluate_all(t["cfg"], find_model_folders(t["root"] / "models"), t["data_dir"], reports,
-                                   log=lambda s: None)
+    entries, extras = evaluate_all(t["cfg"], [folder], t["data_dir"], reports, log=lambda s: None)
+    return {**t, "folder": folder, "reports": reports, "entries": entries, "extras": extras}
+
+
+def test_evaluate_writes_every_contract_key_per_format(evaluated):
+    t = evaluated
+    reports = t["reports"]
+    entries = t["entries"]
     assert [e["format"] for e in entries] == ["keras", "float32", "ptq_int8"]
     saved = json.loads((reports / "metrics.json").read_text())
     for e in saved:
@@ -36,6 +48,47 @@ def test_evaluate_writes_every_contract_key_per_format(tiny_model_folder, tmp_pa
     for name in ("comparison.md", "comparison.csv", "tradeoff.png", "reliability_test-tiny.png",
                  "config.resolved.yaml"):
         assert (reports / name).is_file()
+
+
+def test_unknown_species_are_measured_on_species_never_used_to_fit(evaluated):
+    """The two species outside the model's three are the unknowns: one fits the threshold, the
+    other (a different species) measures it; every format gets the open-set keys."""
+    t = evaluated
+    record = json.loads((t["folder"] / "open_set.json").read_text())
+    assert record["unknown_val_species"] and record["unknown_test_species"]
+    assert not set(record["unknown_val_species"]) & set(record["unknown_test_species"])
+    assert set(record["unknown_val_species"]) | set(record["unknown_test_species"]) == {
+        "Hypholoma fasciculare", "Pleurotus ostreatus"}
+    # the poisonous one is on the measured side (dangerous species are spread there first)
+    assert record["unknown_test_species"] == ["Hypholoma fasciculare"]
+    assert record["fusion"] in openset.FUSIONS
+    scores = {e["unknown_score"] for e in t["entries"]}
+    assert len(scores) == 1 and scores <= set(openset.SCORES)   # one score per model, all formats
+    for e in t["entries"]:
+        fmt = record["by_format"][e["format"]]
+        assert fmt["score"] == e["unknown_score"] and fmt["threshold"] == e["unknown_threshold"]
+        assert e["n_unknown_val"] == 12 and e["n_unknown_test"] == 12
+        assert 0.0 <= e["unknown_auroc"] <= 1.0 and 0.0 <= e["known_coverage"] <= 1.0
+        # a flagged photo is never "edible": no poisonous unknown photo gets that verdict
+        assert e["unknown_dangerous_verdict_edible"] == 0.0
+        assert 0.0 <= e["unknown_verdict_edible"] <= e["unknown_verdict_edible_unflagged"]
+        # the keras model and its float32 file measure the same thing
+        if e["format"] == "float32":
+            keras_e = t["entries"][0]
+            assert abs(e["unknown_auroc"] - keras_e["unknown_auroc"]) < 0.02
+        assert e["fused_top1"] in (e["fused_top1_mean"], e["fused_top1_sum"]) and e["n_finds_test"] >= 3
+    # the threshold flags at least the configured share of the unknown-val photos (by construction)
+    assert all(e["unknown_recall_target"] == 0.95 for e in t["entries"])
+    assert (t["reports"] / "open_set_test-tiny.png").is_file()
+
+
+def test_the_threshold_flags_the_target_share_of_unknown_val():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=101)
+    for recall in (0.5, 0.9, 0.95, 1.0):
+        t = openset.fit_threshold(scores, recall)
+        assert np.mean(scores >= t) >= recall
+        assert np.mean(scores > t) < recall   # the highest such threshold
 
 
 def test_missing_formats_and_folders_are_clear_errors(tiny_model_folder, tmp_path):

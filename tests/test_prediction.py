@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mushroom import openset
 from mushroom.advice import JSON_KEYS
 from mushroom.config import PROJECT_ROOT
 from mushroom.errors import UserError
@@ -96,7 +98,7 @@ def test_cli_text_answer_and_folder_input(tiny_model_folder):
     out = _predict(t, t["photos"] / "Boletus_edulis")
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("never enough to eat a wild mushroom") == 12
-    assert "knows 3 of the 51 species" in out.stdout
+    assert "this model knows 3 species; no unknown-species threshold is fitted" in out.stdout
 
 
 def test_cli_without_any_model_is_one_clear_error(tmp_path):
@@ -104,3 +106,71 @@ def test_cli_without_any_model_is_one_clear_error(tmp_path):
                          cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.startswith("error: no .tflite model found") and "Traceback" not in out.stderr
+
+
+@pytest.fixture
+def folder_with_threshold(tiny_model_folder, tmp_path):
+    """A copy of the tiny model folder with an open_set.json (as evaluate.py writes it) whose
+    threshold the test sets."""
+    import shutil
+
+    t = tiny_model_folder
+    folder = tmp_path / "models" / t["folder"].name
+    shutil.copytree(t["folder"], folder)
+
+    def set_threshold(score: str, threshold: float, fusion: str = "mean"):
+        (folder / "open_set.json").write_text(json.dumps({
+            "by_format": {"ptq_int8": {"score": score, "threshold": threshold, "unknown_recall": 0.95}},
+            "fusion": fusion}))
+        return Forager.load(t["cfg"], str(folder / "tflite/ptq_int8.tflite"))
+    return set_threshold
+
+
+def test_a_photo_flagged_by_the_model_folders_threshold_is_unknown(tiny_model_folder, folder_with_threshold):
+    photos = sorted((tiny_model_folder["photos"] / "Pleurotus_ostreatus").glob("*.jpg"))[:4]
+    everything = folder_with_threshold("energy", -1e9)      # every photo scores above: all flagged
+    for photo in photos:
+        a = everything.answer(photo).to_json()
+        assert a["verdict"] == "unknown" and a["unknown_flagged"] and a["rules"] == ["unknown_species"]
+        assert a["known_species"] == 3 and a["unknown_threshold"] == -1e9
+    nothing = folder_with_threshold("energy", 1e9)
+    for photo in photos:
+        a = nothing.answer(photo).to_json()
+        assert a["verdict"] != "unknown" and not a["unknown_flagged"]
+        # the score is the model's own: -T logsumexp(logits / T) of this photo
+        out = nothing.outputs([photo])
+        assert a["unknown_score"] == pytest.approx(float(openset.unknown_scores(out, nothing.temperature)["energy"][0]))
+
+
+def test_fused_answer_of_one_photo_is_the_single_answer(tiny_model_folder, folder_with_threshold):
+    photos = sorted((tiny_model_folder["photos"] / "Boletus_edulis").glob("*.jpg"))[:3]
+    for fusion in openset.FUSIONS:
+        forager = folder_with_threshold("msp", 0.5, fusion)
+        single, fused = forager.answer(photos[0]).to_json(), forager.answer_find(photos[:1]).to_json()
+        assert fused == single
+        # three photos: the geometric mean (or product) of the calibrated distributions
+        out = forager.outputs(photos)
+        lp = openset.log_probs(out, forager.temperature)
+        combined = lp.mean(0) if fusion == "mean" else lp.sum(0)
+        expected = np.exp(combined - np.log(np.exp(combined).sum()))
+        three = forager.answer_find(photos)
+        assert three.image == ", ".join(map(str, photos))
+        assert three.certainty == pytest.approx(expected.max(), rel=1e-6)
+
+
+def test_cli_one_mushroom_and_one_find_per_folder(tiny_model_folder, tmp_path):
+    t = tiny_model_folder
+    photos = sorted((t["photos"] / "Boletus_edulis").glob("*.jpg"))[:3]
+    out = _predict(t, "--one-mushroom", *photos, tmp_path / "missing.jpg", "--json", "--model", t["folder"])
+    assert out.returncode == 1 and out.stderr.count("error: ") == 1     # the missing photo, reported
+    answers = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(answers) == 1 and answers[0]["image"] == ", ".join(map(str, photos))
+    finds = tmp_path / "finds"
+    for i, name in enumerate(("Boletus_edulis", "Amanita_muscaria")):
+        (finds / f"find{i}").mkdir(parents=True)
+        for p in sorted((t["photos"] / name).glob("*.jpg"))[:2]:
+            shutil.copy(p, finds / f"find{i}" / p.name)
+    out = _predict(t, "--find-per-folder", finds / "find0", finds / "find1", "--model", t["folder"])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("one mushroom, 2 photos fused") == 2
+    assert out.stdout.count("never enough to eat a wild mushroom") == 2
