@@ -98,11 +98,14 @@ def model_names() -> list[str]:
     return list(BACKBONES)
 
 
-def _weights_arg(weights: str | None):
+def _weights_arg(name: str, weights: str | None):
     if weights in (None, "imagenet"):
         return weights
     from pathlib import Path
 
+    if str(weights).endswith(".tflite") and name != "mobilenet_v2":
+        raise UserError(f"model.weights {weights} is a .tflite checkpoint, which only mobilenet_v2 can import; "
+                        f"{name} needs a Keras weights file, 'imagenet' or null")
     if not Path(weights).expanduser().is_file():
         raise UserError(f"model.weights file {weights} does not exist: give a Keras weights file (or, for "
                         "mobilenet_v2, a .tflite checkpoint), 'imagenet' or null")
@@ -118,7 +121,7 @@ def build_model(name: str, num_classes: int, image_size: int, weights: str | Non
     spec = BACKBONES[name]
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
     try:
-        features, _ = spec.build(inputs, _weights_arg(weights))
+        features, _ = spec.build(inputs, _weights_arg(name, weights))
     except UserError:
         raise
     except Exception as exc:  # Keras raises a bare Exception wrapping a URLError when offline
