@@ -15,6 +15,14 @@ scaling layers, so `quantize_model` rejects EfficientNetV2. This table fills exa
 
 BatchNormalization is not in the registry either; tfmot's layout transforms handle it when it
 follows a Conv2D/DepthwiseConv2D (every BN of the registered backbones does), see TRANSFORM_HANDLED.
+
+One registry entry is replaced rather than added to (a custom QuantizeConfig on a convolution would
+stop tfmot's conv + batch-norm folding transforms): DepthwiseConv2D gets per-channel kernel ranges.
+tfmot's conv weight quantizer is per-axis on the kernel's last axis, which for a depthwise kernel
+[h, w, channels, 1] has size 1: one range for all channels. Measured on the demo's MobileNetV2
+(ImageNet weights, batch norm folded, so channel scales differ by orders of magnitude): the QAT
+model fell from val top-1 0.76 to 0.32 and its qat_int8 file (which the converter quantizes per
+channel anyway) agreed with it on 75-91 % of photos.
 """
 from __future__ import annotations
 
@@ -22,8 +30,52 @@ from mushroom.keras_env import keras, tf  # noqa: F401  (chooses Keras 2 before 
 
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (  # noqa: E402
+    default_8bit_quantize_registry as _registry, default_8bit_quantize_scheme as _scheme)
+
 _q = tfmot.quantization.keras
 layers = keras.layers
+
+
+class DepthwiseWeightsQuantizer(_q.quantizers.LastValueQuantizer):
+    """8-bit symmetric, narrow-range, one range per channel of a depthwise kernel [h, w, c, 1]
+    (what TFLite's int8 DEPTHWISE_CONV_2D uses): the channel axis is moved last for the per-axis
+    fake quant and back, as tfmot's own Conv2DTranspose quantizer does."""
+
+    def __init__(self):
+        super().__init__(num_bits=8, per_axis=True, symmetric=True, narrow_range=True)
+
+    def build(self, tensor_shape, name, layer):
+        shape = (tensor_shape[-2],)
+        return {"min_var": layer.add_weight(name + "_min", shape=shape, trainable=False,
+                                            initializer=keras.initializers.Constant(-6.0)),
+                "max_var": layer.add_weight(name + "_max", shape=shape, trainable=False,
+                                            initializer=keras.initializers.Constant(6.0))}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        x = tf.transpose(inputs, (0, 1, 3, 2))
+        return tf.transpose(super().__call__(x, training, weights, **kwargs), (0, 1, 3, 2))
+
+
+class DepthwiseQuantizeConfig(_registry.Default8BitConvQuantizeConfig):
+    """tfmot's depthwise config with DepthwiseWeightsQuantizer for the kernel."""
+
+    def __init__(self, weight_attrs=("depthwise_kernel",), activation_attrs=("activation",), quantize_output=False):
+        super().__init__(list(weight_attrs), list(activation_attrs), quantize_output)
+        self.weight_quantizer = DepthwiseWeightsQuantizer()
+
+
+class Registry(_registry.Default8BitQuantizeRegistry):
+    """tfmot's default 8-bit registry with per-channel depthwise kernels (module docstring)."""
+
+    def __init__(self):
+        super().__init__(disable_per_axis=False)
+        self._layer_quantize_map[layers.DepthwiseConv2D] = DepthwiseQuantizeConfig()
+
+
+class Scheme(_scheme.Default8BitQuantizeScheme):
+    def get_quantize_registry(self):
+        return Registry()
 
 
 class _NoWeightsQuantizeConfig(_q.QuantizeConfig):
@@ -71,15 +123,13 @@ QUANTIZE_CONFIGS: dict[type, type] = {
 TRANSFORM_HANDLED: tuple[type, ...] = (layers.BatchNormalization,)
 
 # For quantize_scope / load_model: the custom classes a saved QAT model refers to.
-CUSTOM_OBJECTS = {cls.__name__: cls for cls in (OutputQuantizeConfig, NoOpQuantizeConfig)}
+CUSTOM_OBJECTS = {cls.__name__: cls for cls in (OutputQuantizeConfig, NoOpQuantizeConfig, DepthwiseQuantizeConfig,
+                                                DepthwiseWeightsQuantizer)}
 
 
 def registry_supports(layer) -> bool:
     """Whether tfmot's default 8-bit registry quantizes this layer on its own."""
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-        default_8bit_quantize_registry as reg)
-
-    return reg.Default8BitQuantizeRegistry().supports(layer)
+    return Registry().supports(layer)
 
 
 def config_for(layer):
@@ -121,7 +171,61 @@ def annotate(model):
 def quantize(model):
     """The quantization-aware (fake-quant) version of a flat float model, weights copied."""
     with _q.quantize_scope(CUSTOM_OBJECTS):
-        return _q.quantize_apply(annotate(model))
+        return _q.quantize_apply(annotate(model), scheme=Scheme())
+
+
+# Activation-range variables of a QAT model, by the suffix tfmot gives them, and what they hold: the
+# wrapped layer's output (output_*, post_activation_* of a linear activation) or the model input.
+RANGE_SUFFIXES = ("output", "post_activation", "quantize_layer")
+
+
+def calibrate_ranges(qat, float_model, images, batch_size: int = 32) -> int:
+    """Set every activation range of a fresh QAT model from the float model's activations on
+    `images` (uint8 or float pixels), as the converged moving average would: the mean over batches
+    of each batch's min and max, widened to include 0 (tfmot's rule). Returns how many ranges were set.
+
+    Why: tfmot starts every range at [-6, 6] and moves it by a 0.999 moving average, so a short QAT
+    fine-tune (the demo's 8 steps) leaves them there. Measured on the demo's MobileNetV2: the
+    Rescaling output ([-1, 1]) then gets ~40 of 256 levels and QAT val top-1 falls 0.76 -> 0.41,
+    the qat_int8 file agreeing with its Keras model on 75 %; calibrated, both match the float model."""
+    import numpy as np
+
+    targets = []   # (min variable, max variable, index into the probe's outputs or None for the input)
+    probe_layers = []
+    float_names = {layer.name for layer in float_model.layers}
+    for layer in qat.layers:
+        variables = {v.name.split("/")[-1].split(":")[0]: v for v in layer.weights}
+        for kind in RANGE_SUFFIXES:
+            lo, hi = variables.get(f"{kind}_min"), variables.get(f"{kind}_max")
+            if lo is None or hi is None or lo.shape.rank != 0:
+                continue
+            if kind == "quantize_layer":
+                targets.append((lo, hi, None))
+                continue
+            base = layer.name[len("quant_"):] if layer.name.startswith("quant_") else layer.name
+            if base not in float_names:
+                continue
+            targets.append((lo, hi, len(probe_layers)))
+            probe_layers.append(float_model.get_layer(base).output)
+    if not targets:
+        return 0
+    probe = keras.Model(float_model.inputs, probe_layers) if probe_layers else None
+    lows, highs, n = np.zeros(len(probe_layers) + 1), np.zeros(len(probe_layers) + 1), 0
+    x_all = np.asarray(images, np.float32)
+    for start in range(0, len(x_all), batch_size):
+        x = x_all[start:start + batch_size]
+        outs = probe(x, training=False) if probe is not None else []
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        values = [np.asarray(o) for o in outs] + [x]
+        lows += np.array([v.min() for v in values])
+        highs += np.array([v.max() for v in values])
+        n += 1
+    lows, highs = np.minimum(lows / n, 0.0), np.maximum(highs / n, 0.0)
+    for lo, hi, index in targets:
+        i = len(probe_layers) if index is None else index
+        lo.assign(lows[i])
+        hi.assign(highs[i])
+    return len(targets)
 
 
 def scope():

@@ -10,7 +10,7 @@ from mushroom.models import build_model, model_names
 
 # quantize_apply is run on tiny, b0 and resnet50 here; on V2-S/M it takes tens of seconds each
 # (see the report), so for those the layer-type coverage check below stands in for it.
-APPLY_IN_TESTS = ("tiny", "efficientnet_v2_b0", "resnet50")
+APPLY_IN_TESTS = ("tiny", "efficientnet_v2_b0", "mobilenet_v2", "resnet50")
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +78,54 @@ def test_annotate_leaves_the_input_alone_and_wraps_the_rest():
     assert all(type(l).__name__ == "QuantizeAnnotate" for l in annotated.layers[1:])
     multiply = next(l for l in annotated.layers[1:] if l.layer.name == "se_excite")
     assert isinstance(multiply.quantize_config, qc.OutputQuantizeConfig)
+
+
+def _mobilenet_with_spread_channels():
+    """A MobileNetV2 whose depthwise kernels have per-channel scales spread over two orders of
+    magnitude, as batch-norm folded ImageNet weights do (random init gives them all one scale)."""
+    model = build_model("mobilenet_v2", 3, 32, weights=None)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            k = layer.get_weights()[0]
+            layer.set_weights([k * np.exp(rng.uniform(-2.5, 2.5, size=(1, 1, k.shape[2], 1))).astype(np.float32)])
+    return model
+
+
+def test_depthwise_kernels_get_one_range_per_channel():
+    model = _mobilenet_with_spread_channels()
+    qat = qc.quantize(model)
+    dw = next(l for l in model.layers if isinstance(l, keras.layers.DepthwiseConv2D))
+    wrapper = qat.get_layer("quant_" + dw.name)
+    ranges = [w for w in wrapper.weights if w.name.endswith("depthwise_kernel_min:0")]
+    assert len(ranges) == 1 and ranges[0].shape == (dw.depthwise_kernel.shape[2],)
+    x = np.random.default_rng(1).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
+    qat(x, training=True)   # one training call sets the kernels' last-value ranges
+    kmax = [w for w in wrapper.weights if w.name.endswith("depthwise_kernel_max:0")][0].numpy()
+    np.testing.assert_allclose(kmax, np.abs(dw.depthwise_kernel.numpy()).max(axis=(0, 1, 3)), rtol=1e-5)
+
+
+def test_calibrated_ranges_make_the_qat_model_compute_what_the_float_model_does():
+    """Fresh tfmot ranges are [-6, 6] and a short fine-tune barely moves them; calibrated from the
+    float model's activations, the QAT model's outputs match the float model's."""
+    model = _mobilenet_with_spread_channels()
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 255, (32, 32, 32, 3)).astype(np.float32)
+    float_logits = keras.Model(model.input, model.get_layer("head_logits").output)(x).numpy()
+
+    def qat_logits(calibrate: bool):
+        qat = qc.quantize(model)
+        if calibrate:
+            assert qc.calibrate_ranges(qat, model, x) > 50
+        qat(x, training=True)   # kernel ranges; moves the activation ranges by 0.1 % only
+        probe = keras.Model(qat.input, qat.get_layer("quant_head_logits").output)
+        return probe(x, training=False).numpy()
+
+    scale = np.abs(float_logits).mean()
+    fresh, calibrated = qat_logits(False), qat_logits(True)
+    assert np.abs(calibrated - float_logits).mean() < 0.1 * scale
+    assert np.abs(calibrated - float_logits).mean() < 0.5 * np.abs(fresh - float_logits).mean()
+    rescaling = qc.quantize(model)
+    qc.calibrate_ranges(rescaling, model, x)
+    lo = [w for w in rescaling.get_layer("quant_rescaling").weights if w.name.endswith("output_min:0")][0]
+    assert -1.0 <= float(lo.numpy()) < -0.9   # the [-1, 1] of MobileNetV2's scaling, not tfmot's -6
