@@ -353,7 +353,7 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
             "latency_ms_median": med, "latency_ms_p95": p95,
             "threads": threads or os.cpu_count(), "runtime": predictor.runtime,
             "n_val": int(len(val.labels)), "model_name": meta.get("model_name"),
-            "image_size": size, "weights": meta.get("weights"),
+            "image_size": size, "weights": meta.get("weights"), "note": meta.get("note"),
         }
         entries.append(entry)
         arrays["probs"][fmt] = probs

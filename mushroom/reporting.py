@@ -213,9 +213,17 @@ def results_block(entries: list[dict], command: str, reports_rel: str = "reports
     if scratch:
         lines += ["**These models were trained from scratch (no ImageNet weights were reachable): the numbers measure "
                   "the pipeline and what quantization costs, not the best accuracy this project can reach.**", ""]
-    lines += [markdown_table(entries), ""]
+    for model in models:
+        note = next((e.get("note") for e in entries if e["model"] == model and e.get("note")), None)
+        if note:
+            lines += [f"Note on {model}: {note}.", ""]
+    lines += [markdown_table(entries), "", "Photos of species the model never learnt (unknown-test species, never used "
+              "to fit the threshold), and several photos of one find fused into one answer:", "",
+              markdown_table(entries, OPEN_SET_COLUMNS), ""]
     for model in models:
         lines.append(f"![reliability {model}]({reports_rel}/reliability_{model}.png)")
+        if any(e["model"] == model and e.get("unknown_auroc") is not None for e in entries):
+            lines.append(f"![unknown species {model}]({reports_rel}/open_set_{model}.png)")
     lines += [f"![accuracy/size/latency trade-off]({reports_rel}/tradeoff.png)", "", README_END]
     return "\n".join(lines)
 

@@ -44,6 +44,10 @@ from mushroom.manifest import manifest_path, read_manifest
 from mushroom.modelio import baseline_run_name, default_run_name  # noqa: F401  (the scripts' run names)
 
 MONITOR = "val_accuracy"
+# Carried by every study row of a model whose backbone came from an int8 checkpoint (README, "Weights").
+INT8_GRID_NOTE = ("backbone imported from an int8 post-training-quantized checkpoint: its weights already sit "
+                  "on an int8 grid, so the PTQ loss measured here is a lower bound of what a float-trained "
+                  "backbone loses")
 
 
 # --- reproducibility and devices -------------------------------------------------------------------
@@ -309,6 +313,7 @@ def build_meta(cfg: Config, run_name: str, result: TrainResult, val_top1: float)
         "strategy": cfg.train.strategy,
         "replicas": result.replicas,
         "op_determinism": result.deterministic,
+        **({"note": INT8_GRID_NOTE} if str(cfg.model.weights or "").endswith(".tflite") else {}),
     }
 
 
