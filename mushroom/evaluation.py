@@ -271,10 +271,9 @@ def _fusion_entry(choice: _ModelChoices, temperature: float, stats: dict | None,
     out["fused_unknown_auroc"] = None
     if score is not None and ops.test is not None:
         unknown_groups = _groups(ops.test.rows)
-        fk = openset.unknown_scores(fused_outputs(outs["test"], test_groups, choice.fusion), temperature, stats, [score])
-        fu = openset.unknown_scores(fused_outputs(outs["unknown_test"], unknown_groups, choice.fusion),
-                                    temperature, stats, [score])
-        out["fused_unknown_auroc"] = openset.auroc(fu[score], fk[score])
+        fk = [openset.find_score(_subset(outs["test"], g), temperature, stats, score) for g in test_groups]
+        fu = [openset.find_score(_subset(outs["unknown_test"], g), temperature, stats, score) for g in unknown_groups]
+        out["fused_unknown_auroc"] = openset.auroc(np.array(fu), np.array(fk))
         out["n_finds_unknown_test"] = len(unknown_groups)
     return out
 

@@ -126,16 +126,19 @@ class Forager:
         return {k: np.asarray(v, np.float64) for k, v in self.model.run(np.stack(images)).items()}
 
     def _answer(self, outputs: dict, image: str) -> Answer:
-        probs = openset.probabilities(outputs, self.temperature)[0]
+        """The answer for the outputs of one find's photos (one row each): class probabilities from
+        the fused outputs, the unknown-species score as the mean of the photos' own scores
+        (openset.find_score)."""
+        fused = openset.fuse(outputs, self.fusion) if len(outputs["probs"]) > 1 else outputs
+        probs = openset.probabilities(fused, self.temperature)[0]
         unknown = None
         if self.open_set is not None:
             name = self.open_set["score"]
-            scores = openset.unknown_scores(outputs, self.temperature, self.stats, [name])
-            if name not in scores:
+            if name not in openset.available_scores(outputs, self.stats):
                 raise UserError(f"{self.path} does not give what its unknown-species score ({name}) needs: "
                                 "re-export it with quantize_qat.py --force, then evaluate.py")
-            unknown = UnknownCheck(float(scores[name][0]), float(self.open_set["threshold"]), name,
-                                   self.open_set.get("unknown_recall"))
+            unknown = UnknownCheck(openset.find_score(outputs, self.temperature, self.stats, name),
+                                   float(self.open_set["threshold"]), name, self.open_set.get("unknown_recall"))
         return advise(probs, self.species, self.predict_cfg, self.table, image=image, unknown=unknown)
 
     def probabilities(self, photo: Path) -> np.ndarray:
@@ -155,8 +158,6 @@ class Forager:
 
     def answer_outputs(self, outputs: dict, images: list[str]) -> Answer:
         """The answer for outputs (one row per photo of one find), fused when there are several."""
-        if len(images) > 1:
-            outputs = openset.fuse(outputs, self.fusion)
         return self._answer(outputs, ", ".join(images))
 
 

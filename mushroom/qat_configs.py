@@ -32,6 +32,8 @@ import tensorflow_model_optimization as tfmot  # noqa: E402
 
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (  # noqa: E402
     default_8bit_quantize_registry as _registry, default_8bit_quantize_scheme as _scheme)
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (  # noqa: E402
+    QuantizeLayer as _QuantizeLayer)
 
 _q = tfmot.quantization.keras
 layers = keras.layers
@@ -174,9 +176,10 @@ def quantize(model):
         return _q.quantize_apply(annotate(model), scheme=Scheme())
 
 
-# Activation-range variables of a QAT model, by the suffix tfmot gives them, and what they hold: the
-# wrapped layer's output (output_*, post_activation_* of a linear activation) or the model input.
-RANGE_SUFFIXES = ("output", "post_activation", "quantize_layer")
+# Activation-range variables of a wrapped layer, by the suffix tfmot gives them: both hold the wrapped
+# layer's output (output_*, and post_activation_* of a linear activation). The input's range lives in
+# the QuantizeLayer tfmot puts after the model input.
+RANGE_SUFFIXES = ("output", "post_activation")
 
 
 def calibrate_ranges(qat, float_model, images, batch_size: int = 32) -> int:
@@ -195,12 +198,16 @@ def calibrate_ranges(qat, float_model, images, batch_size: int = 32) -> int:
     float_names = {layer.name for layer in float_model.layers}
     for layer in qat.layers:
         variables = {v.name.split("/")[-1].split(":")[0]: v for v in layer.weights}
+        if isinstance(layer, _QuantizeLayer):
+            # the input quantizer; Keras numbers its name per session (quantize_layer_1, ...)
+            lo = next((v for k, v in variables.items() if k.endswith("_min")), None)
+            hi = next((v for k, v in variables.items() if k.endswith("_max")), None)
+            if lo is not None and hi is not None:
+                targets.append((lo, hi, None))
+            continue
         for kind in RANGE_SUFFIXES:
             lo, hi = variables.get(f"{kind}_min"), variables.get(f"{kind}_max")
             if lo is None or hi is None or lo.shape.rank != 0:
-                continue
-            if kind == "quantize_layer":
-                targets.append((lo, hi, None))
                 continue
             base = layer.name[len("quant_"):] if layer.name.startswith("quant_") else layer.name
             if base not in float_names:
@@ -225,7 +232,32 @@ def calibrate_ranges(qat, float_model, images, batch_size: int = 32) -> int:
         i = len(probe_layers) if index is None else index
         lo.assign(lows[i])
         hi.assign(highs[i])
-    return len(targets)
+    return len(targets) + _calibrate_kernel_ranges(qat)
+
+
+def _calibrate_kernel_ranges(qat) -> int:
+    """Kernel ranges as tfmot's symmetric last-value quantizer sets them at a training step (the
+    largest |weight| per output channel, or per tensor), so a calibrated model is right before any."""
+    import numpy as np
+
+    count = 0
+    for layer in qat.layers:
+        variables = {v.name.split("/")[-1].split(":")[0]: v for v in layer.weights}
+        for attr in ("kernel", "depthwise_kernel"):
+            kernel, lo, hi = variables.get(attr), variables.get(f"{attr}_min"), variables.get(f"{attr}_max")
+            if kernel is None or lo is None or hi is None:
+                continue
+            k = np.abs(kernel.numpy())
+            if lo.shape.rank == 0:
+                m = k.max()
+            elif attr == "depthwise_kernel":
+                m = k.max(axis=(0, 1, 3))                  # [h, w, c, 1]: one range per channel c
+            else:
+                m = k.reshape(-1, k.shape[-1]).max(axis=0)  # one range per output channel
+            lo.assign(-m)
+            hi.assign(m)
+            count += 1
+    return count
 
 
 def scope():

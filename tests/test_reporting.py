@@ -56,8 +56,29 @@ def test_plots_and_readme_block(tmp_path):
     block = results_block(_entries(), "make demo DATA=x")
     assert update_readme(readme, block)
     text = readme.read_text()
-    assert "old" not in text and text.endswith("\ntail\n") and "`make demo DATA=x`" in text
+    assert "\nold\n" not in text and text.endswith("\ntail\n") and "`make demo DATA=x`" in text
     assert "trained from scratch" in text and "| demo-b0 | ptq_int8 |" in text
     assert update_readme(readme, block) and readme.read_text() == text  # idempotent
     (tmp_path / "plain.md").write_text("no markers")
     assert not update_readme(tmp_path / "plain.md", block)
+
+
+def test_open_set_plot_and_table(tmp_path):
+    from mushroom.reporting import OPEN_SET_COLUMNS, markdown_table, open_set_risk_coverage
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 40)
+    probs = {"keras": rng.dirichlet(np.ones(4), 40)}
+    known, unknown = rng.normal(0, 1, 40), rng.normal(1.5, 1, 30)
+    arrays = {"m": {"labels": labels, "probs": probs, "class_names": list("abcd"),
+                    "open_set": {"keras": {"known": known, "unknown": unknown, "threshold": 1.0, "score": "msp",
+                                           "known_correct": probs["keras"].argmax(1) == labels}}}}
+    plots = write_reports(_entries(), arrays, tmp_path, 15)
+    assert (tmp_path / "open_set_m.png") in plots
+    # answering the least unknown-looking photos first: ends at everything answered, with every
+    # unknown photo and every misclassified known one counted wrong
+    coverage, risk = open_set_risk_coverage(known, unknown, np.ones(40, bool))
+    assert coverage[-1] == 1.0 and risk[-1] == 30 / 70 and risk[0] <= risk[-1]
+    entry = {**_entries()[0], "unknown_score": "msp", "unknown_auroc": 0.7, "fusion": "mean"}
+    table = markdown_table([entry], OPEN_SET_COLUMNS)
+    assert "| msp | 0.700 |" in table and "mean" in table

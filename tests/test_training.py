@@ -126,12 +126,14 @@ def test_resnet_script_trains_the_head_only(data_dir, tmp_path):
     models_dir = tmp_path / "models"
     code = train_resnet_baseline.main([
         "--data-dir", str(data_dir), "--run-name", "baseline",
-        "--set", "image.size=32", "--set", "model.weights=null", "--set", "train.batch_size=8",
+        "--set", "image.size=32", "--set", "baseline.weights=null", "--set", "train.batch_size=8",
         "--set", "train.stage1.epochs=1", "--set", "train.stage2.epochs=5", "--set", "wandb.mode=disabled",
         "--set", f"paths.models_dir={models_dir}"])
     assert code == 0
     resolved = yaml.safe_load((models_dir / "baseline" / "config.resolved.yaml").read_text())
-    assert resolved["model"]["name"] == "resnet50" and resolved["train"]["stage2"]["epochs"] == 0
+    # the backbone and its weights come from the config's baseline section; stage 2 is off
+    assert resolved["model"]["name"] == "resnet50" and resolved["model"]["weights"] is None
+    assert resolved["train"]["stage2"]["epochs"] == 0
     history = json.loads((models_dir / "baseline" / "history.json").read_text())
     assert {e["stage"] for e in history["epochs"]} == {1}
 
