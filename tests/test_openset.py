@@ -1,0 +1,89 @@
+"""Unknown-species scores, threshold, AUROC, the species split and fusion, on constructed numbers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mushroom import openset
+
+
+def test_scores_from_logits():
+    z = np.array([[4.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    out = {"logits": z, "probs": np.exp(z) / np.exp(z).sum(1, keepdims=True)}
+    s = openset.unknown_scores(out, temperature=2.0)
+    assert set(s) == {"msp", "energy", "max_logit"}            # no embedding: no Mahalanobis
+    p = np.exp(z / 2) / np.exp(z / 2).sum(1, keepdims=True)
+    np.testing.assert_allclose(s["msp"], 1 - p.max(1))
+    np.testing.assert_allclose(s["energy"], -2.0 * np.log(np.exp(z / 2).sum(1)))
+    np.testing.assert_allclose(s["max_logit"], -z.max(1))
+    assert (s["msp"][1] > s["msp"][0]) and (s["max_logit"][1] > s["max_logit"][0])   # flat = less known
+    # a file without logits (older exports) still gives msp, from its probabilities
+    assert set(openset.unknown_scores({"probs": out["probs"]}, 1.0)) == {"msp"}
+
+
+def test_mahalanobis_matches_the_definition():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5)) * [1, 2, 3, 4, 5]
+    y = rng.integers(0, 3, 200)
+    x[y == 1] += 4
+    stats = openset.fit_feature_stats(x, y, 4)             # class 3 has no photos: skipped
+    centred = x - np.stack([x[y == c].mean(0) for c in range(3)])[y]
+    cov = centred.T @ centred / (len(x) - 4)
+    cov = 0.9 * cov + 0.1 * np.trace(cov) / 5 * np.eye(5)
+    probe = rng.normal(size=(7, 5))
+    means = np.stack([x[y == c].mean(0) for c in range(3)])
+    expected = np.array([min((p - m) @ np.linalg.inv(cov) @ (p - m) for m in means) for p in probe])
+    np.testing.assert_allclose(openset.mahalanobis(probe, stats), expected, rtol=1e-4)
+
+
+def test_auroc_counts_ties_half_and_matches_the_rank_definition():
+    assert openset.auroc([3, 4], [1, 2]) == 1.0 and openset.auroc([1, 2], [3, 4]) == 0.0
+    assert openset.auroc([1, 1], [1, 1]) == 0.5
+    rng = np.random.default_rng(1)
+    u, k = rng.normal(1, 1, 50).round(1), rng.normal(0, 1, 60).round(1)
+    pairs = np.mean([(a > b) + 0.5 * (a == b) for a in u for b in k])
+    assert openset.auroc(u, k) == pytest.approx(pairs)
+    assert np.isnan(openset.auroc([], [1.0]))
+
+
+def test_choose_score_takes_the_best_and_ties_go_to_the_simplest():
+    assert openset.choose_score({"msp": 0.7, "energy": 0.8, "mahalanobis": float("nan")}) == "energy"
+    assert openset.choose_score({"mahalanobis": 0.7, "msp": 0.7}) == "msp"
+
+
+def test_unknown_species_split_is_disjoint_seeded_and_spreads_the_dangerous_ones():
+    names = [f"s{i}" for i in range(30)]
+    dangerous = [i < 4 for i in range(30)]
+    val, test = openset.split_unknown_species(names, dangerous, 0.5, seed=42)
+    assert not set(val) & set(test) and set(val) | set(test) == set(names) and len(val) == 15
+    assert (val, test) == openset.split_unknown_species(names, dangerous, 0.5, seed=42)
+    assert sum(n in val for n in names[:4]) == 2            # the poisonous ones on both sides
+    assert openset.split_unknown_species(["a", "b"], [False, False], 0.9, 0) [1]   # both sides non-empty
+    assert openset.split_unknown_species(["a"], [True], 0.5, 0) == ([], ["a"])
+
+
+def test_fusion_of_one_photo_changes_nothing_and_sum_is_n_times_as_sure():
+    z = np.array([[2.0, 0.0, -1.0]])
+    for how in openset.FUSIONS:
+        np.testing.assert_allclose(openset.fuse({"logits": z}, how)["logits"], z)
+    three = np.array([[2.0, 0.0, -1.0], [1.0, 0.5, 0.0], [3.0, -1.0, 0.0]])
+    mean = openset.probabilities(openset.fuse({"logits": three}, "mean"), 1.5)[0]
+    geometric = np.exp(np.log(openset.probabilities({"logits": three}, 1.5)).mean(0))
+    np.testing.assert_allclose(mean, geometric / geometric.sum())
+    summed = openset.probabilities(openset.fuse({"logits": three}, "sum"), 1.5)[0]
+    product = openset.probabilities({"logits": three}, 1.5).prod(0)
+    np.testing.assert_allclose(summed, product / product.sum())
+
+
+def test_find_score_is_the_mean_of_the_photo_scores():
+    z = np.array([[4.0, 0.0], [0.0, 0.0]])
+    per_photo = openset.unknown_scores({"logits": z}, 1.0)["msp"]
+    assert openset.find_score({"logits": z}, 1.0, None, "msp") == pytest.approx(per_photo.mean())
+
+
+def test_threshold_flags_at_least_the_target_share():
+    s = np.arange(100.0)
+    t = openset.fit_threshold(s, 0.95)
+    assert t == 5.0 and np.mean(s >= t) == 0.95
+    with pytest.raises(ValueError, match="no unknown-val photos"):
+        openset.fit_threshold([], 0.95)
