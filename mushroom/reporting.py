@@ -137,7 +137,12 @@ def open_set_plot(model: str, by_format: dict, path: Path) -> Path:
     """Per format: histograms of the unknown-species score, known vs unknown test photos, with the
     threshold; and the open-set risk-coverage curves of every format."""
     fmts = list(by_format)
-    fig, axes = plt.subplots(1, len(fmts) + 1, figsize=(3.2 * (len(fmts) + 1), 3.2))
+    cols = min(4, len(fmts) + 1)
+    rows = -(-(len(fmts) + 1) // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[len(fmts) + 1:]:
+        ax.axis("off")
     for ax, fmt in zip(axes, fmts):
         a = by_format[fmt]
         lo = min(a["known"].min(), a["unknown"].min())
@@ -146,10 +151,10 @@ def open_set_plot(model: str, by_format: dict, path: Path) -> Path:
         ax.hist(a["known"], bins=bins, alpha=0.6, density=True, label="known species")
         ax.hist(a["unknown"], bins=bins, alpha=0.6, density=True, label="unknown species")
         ax.axvline(a["threshold"], color="k", ls="--", lw=1, label="threshold")
-        ax.set(title=f"{fmt}", xlabel=f"{a['score']} score (higher: less known)")
+        ax.set(title=f"{fmt}: {a['score']} score", xlabel="higher: less like a known species")
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=7)
-    ax = axes[-1]
+    ax = axes[len(fmts)]
     for fmt in fmts:
         a = by_format[fmt]
         coverage, risk = open_set_risk_coverage(a["known"], a["unknown"], a["known_correct"])
@@ -157,7 +162,8 @@ def open_set_plot(model: str, by_format: dict, path: Path) -> Path:
     ax.set(xlabel="share of photos answered", ylabel="wrong or unknown among answered", xlim=(0, 1), ylim=(0, 1),
            title="Open-set risk-coverage")
     ax.legend(fontsize=7)
-    fig.suptitle(f"Unknown species: {model}", fontsize=10)
+    fig.suptitle(f"Unknown species: {model} (test photos; threshold dashed)", fontsize=10)
+    fig.tight_layout()
     return _save(fig, path)
 
 
