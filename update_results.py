@@ -2,8 +2,9 @@
 
     python update_results.py --config configs/demo.yaml
 
-Copies the headline plots (reliability diagrams, unknown-species plots, trade-off chart) to docs/results/ so the README
-can show them, and replaces the text between the README's results markers.
+Copies the headline plots (reliability diagrams, unknown-species plots, format deltas with their intervals,
+trade-off chart) to docs/results/ so the README can show them, and replaces the text between the README's
+results markers.
 """
 import argparse
 import shutil
@@ -27,7 +28,9 @@ def main(argv=None) -> int:
     reports = Path(cfg.paths.reports_dir)
     entries = read_metrics(reports / "metrics.json")
     DOCS.mkdir(parents=True, exist_ok=True)
-    for plot in list(reports.glob("reliability_*.png")) + list(reports.glob("open_set_*.png")) + [reports / "tradeoff.png"]:
+    plots = [p for pattern in ("reliability_*.png", "open_set_*.png", "deltas_*.png")
+             for p in sorted(reports.glob(pattern))]
+    for plot in plots + [reports / "tradeoff.png"]:
         if plot.is_file():
             shutil.copy(plot, DOCS / plot.name)
     shutil.copy(reports / "metrics.json", DOCS / "metrics.json")

@@ -53,7 +53,9 @@ class Type(Spec):
         if not ok:
             raise ConfigError(f"config key '{key}' must be {self.describe()}, got {value!r}")
         if self.low is not None and value < self.low or self.high is not None and value > self.high:
-            raise ConfigError(f"config key '{key}' must be between {self.low} and {self.high}, got {value!r}")
+            bound = (f"at least {self.low}" if self.high is None else f"at most {self.high}" if self.low is None
+                     else f"between {self.low} and {self.high}")
+            raise ConfigError(f"config key '{key}' must be {bound}, got {value!r}")
         return value
 
 
@@ -181,6 +183,10 @@ SCHEMA: dict = {
         "latency_runs": POS_INT,
         "latency_warmup": NONNEG_INT,
         "threads": Optional(POS_INT),
+        # Resamples of the test finds behind every interval (mushroom.stats); below 100 the tails are noise.
+        "bootstrap_samples": Type(int, low=100),
+        # Share of the resampled values an interval holds (0.95: the 2.5th to 97.5th percentile).
+        "confidence": Type(float, low=0.5, high=0.999),
     },
     "predict": {
         "top_k": Type(int, low=1, high=20),

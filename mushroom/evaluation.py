@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from mushroom import manifest, metrics, openset
+from mushroom import stats as ci_stats  # `stats` below means feature statistics
 from mushroom.advice import UnknownCheck, advise
 from mushroom.config import EXPORT_FORMATS, Config
 from mushroom.errors import UserError
@@ -29,7 +30,10 @@ FORMATS = ("keras",) + EXPORT_FORMATS
 CONTRACT_KEYS = ("model", "format", "top1", "top5", "macro_f1", "edible_precision", "edible_recall",
                  "edible_f1", "dangerous_error", "ece", "ece_calibrated", "temperature", "size_mb",
                  "latency_ms_median", "latency_ms_p95", "threads", "n_test", "unknown_auroc", "unknown_flagged",
-                 "known_coverage", "unknown_verdict_edible", "unknown_dangerous_verdict_edible", "fused_top1")
+                 "known_coverage", "unknown_verdict_edible", "unknown_dangerous_verdict_edible", "fused_top1",
+                 *(f"{m}_ci" for m in ci_stats.CI_METRICS), "delta_top1_ci", "delta_ece_calibrated",
+                 "delta_ece_calibrated_ci", "mcnemar_p", "flip_rate", "mean_abs_dprob", "max_abs_dprob",
+                 "delta_significant")
 DELTA_KEYS = ("top1", "top5", "ece", "dangerous_error", "unknown_auroc", "known_coverage")
 # Unknown-species keys of every entry (README, "metrics.json"); null when no unknown photos were imported.
 OPEN_SET_KEYS = ("unknown_score", "unknown_threshold", "unknown_recall_target", "unknown_auroc",
@@ -173,12 +177,17 @@ def verdict_rates(verdict_list: list[str], labels: np.ndarray, species: list[Spe
             "edible_verdict_edible": _edible_rate(verdict_list, [species[y].is_edible for y in labels])}
 
 
+def _group_key(row: dict) -> str:
+    """The find a photo belongs to: the manifest's observation_id (an iNaturalist observation, or
+    the import's group column) within its species."""
+    return f"{row['species']}|{row['observation_id']}"
+
+
 def _groups(rows: list[dict]) -> list[np.ndarray]:
-    """Indices of the photos of each find (the manifest's observation_id: an iNaturalist
-    observation, or the import's group column), in first-seen order."""
+    """Indices of the photos of each find (_group_key), in first-seen order."""
     by: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
-        by.setdefault(f"{r['species']}|{r['observation_id']}", []).append(i)
+        by.setdefault(_group_key(r), []).append(i)
     return [np.array(v) for v in by.values()]
 
 
@@ -246,7 +255,8 @@ def _open_set_entry(cfg: Config, choice: _ModelChoices, species: list[Species], 
     record = {"score": name, "threshold": threshold, "unknown_recall": recall,
               "auroc_val": auroc_val[name], "temperature": temperature}
     arrays = {"known": scores["test"][name], "unknown": scores["unknown_test"][name], "threshold": threshold,
-              "score": name, "known_correct": openset.log_probs(outs["test"]).argmax(1) == test.labels}
+              "score": name, "known_correct": openset.log_probs(outs["test"]).argmax(1) == test.labels,
+              "unknown_calibrated": unknown_probs, "unknown_verdicts": verdict_flagged}
     return keys, record, arrays
 
 
@@ -307,7 +317,12 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
         raise UserError(f"{folder} has none of the formats {', '.join(formats or FORMATS)}: run quantize_qat.py first")
     threads = cfg.evaluate.threads
     entries = []
-    arrays = {"labels": test.labels, "class_names": class_names, "rows": test.rows, "probs": {}, "open_set": {}}
+    arrays = {"labels": test.labels, "class_names": class_names, "rows": test.rows, "probs": {}, "open_set": {},
+              "calibrated": {}, "verdicts": {}, "unknown_rows": ops.test.rows if ops.test is not None else []}
+    # One set of resampled finds per model, shared by all its formats (paired differences).
+    boot = ci_stats.GroupBootstrap([_group_key(r) for r in test.rows], cfg.evaluate.bootstrap_samples, cfg.seed)
+    confidence, n_bins = cfg.evaluate.confidence, cfg.evaluate.ece_bins
+    outcomes, dists = {}, {}
     temperatures, open_set_records, stats_files = {}, {}, {}
     choice = _ModelChoices()
     for fmt in wanted:
@@ -341,10 +356,15 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
         fusion = _fusion_entry(choice, temperature, stats, outs, test, val, ops, record.get("score"),
                                cfg.evaluate.ece_bins)
         med, p95 = latency_ms(predictor.one(), test.images[0], cfg.evaluate.latency_runs, cfg.evaluate.latency_warmup)
+        verdict_list = verdicts(calibrated, species, cfg, graded, checks)
+        outcomes[fmt] = ci_stats.Outcomes.from_arrays(probs, calibrated, test.labels, verdict_list, edible, dangerous)
+        dists[fmt] = ci_stats.distributions(boot.weights, outcomes[fmt], n_bins)
         entry = {
             "model": folder.name, "format": fmt, **summary,
             "ece_calibrated": metrics.expected_calibration_error(calibrated, test.labels, cfg.evaluate.ece_bins),
-            **verdict_rates(verdicts(calibrated, species, cfg, graded, checks), test.labels, species),
+            **verdict_rates(verdict_list, test.labels, species),
+            **ci_stats.intervals(dists[fmt], confidence),
+            "bootstrap_samples": boot.n_samples, "ci_confidence": confidence,
             "top1_calibrated_unchanged": bool((calibrated.argmax(1) == probs.argmax(1)).all()),
             "temperature": temperature,
             **open_keys, **fusion,
@@ -356,16 +376,28 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
         }
         entries.append(entry)
         arrays["probs"][fmt] = probs
-        arrays.setdefault("calibrated", {})[fmt] = calibrated
+        arrays["calibrated"][fmt] = calibrated
+        arrays["verdicts"][fmt] = verdict_list
         if os_arrays:
             arrays["open_set"][fmt] = os_arrays
         unknown_text = (f"  unknown AUROC {entry['unknown_auroc']:.3f} ({entry['unknown_score']}), flags "
                         f"{entry['unknown_flagged']:.0%} of unknown, keeps {entry['known_coverage']:.0%} of known"
                         if record else "")
-        log(f"  {fmt:9s} top-1 {entry['top1']:.3f}  top-5 {entry['top5']:.3f}  ECE {entry['ece']:.3f} -> "
+        log(f"  {fmt:9s} top-1 {entry['top1']:.3f} {_ci_text(entry['top1_ci'])}  top-5 {entry['top5']:.3f}  "
+            f"ECE {entry['ece']:.3f} -> "
             f"{entry['ece_calibrated']:.3f} (T={temperature:.2f})  {entry['size_mb']:.2f} MB  "
             f"{med:.1f} ms{unknown_text}  [{time.perf_counter() - t0:.0f} s]")
     add_degradation(entries)
+    ref = entries[0]["reference_format"]
+    for entry in entries:
+        fmt = entry["format"]
+        entry.update(ci_stats.paired(outcomes[ref], outcomes[fmt], dists[ref], dists[fmt], confidence, n_bins))
+        if fmt != ref:
+            log(f"  {fmt:9s} vs {ref}: Δtop-1 {entry['delta_top1']:+.3f} {_ci_text(entry['delta_top1_ci'], True)}"
+                f"{' (significant)' if entry['delta_significant'] else ''}, McNemar p {entry['mcnemar_p']:.3f} "
+                f"({entry['mcnemar_b']} photos lost, {entry['mcnemar_c']} gained), top-1 species changed on "
+                f"{entry['flip_rate']:.0%}, ΔECE (calibrated) {entry['delta_ece_calibrated']:+.3f} "
+                f"{_ci_text(entry['delta_ece_calibrated_ci'], True)}")
     reference = entries[0]["format"]
     write_json(folder / TEMPERATURE_FILE, {
         "temperature": temperatures[reference], "reference_format": reference, "by_format": temperatures,
@@ -394,14 +426,26 @@ def write_open_set(folder: Path, records: dict, stats_files: dict, ops: OpenSetD
         "fitted_on": "unknown-val species (threshold), val (temperature)"})
 
 
+def _ci_text(ci: list[float] | None, signed: bool = False) -> str:
+    if ci is None:
+        return "[–]"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"[{f.format(ci[0])}, {f.format(ci[1])}]"
+
+
+def reference_format(formats: list[str]) -> str:
+    """The float reference of one model's formats: keras, else float32, else the first."""
+    return next((f for f in ("keras", "float32") if f in formats), formats[0])
+
+
 def add_degradation(entries: list[dict]) -> None:
     """delta_<metric> = quantized - float reference (the Keras model, else float32), per model."""
     by_model: dict[str, list[dict]] = {}
     for e in entries:
         by_model.setdefault(e["model"], []).append(e)
     for group in by_model.values():
-        ref = next((e for e in group if e["format"] == "keras"), None) or next(
-            (e for e in group if e["format"] == "float32"), group[0])
+        ref_fmt = reference_format([e["format"] for e in group])
+        ref = next(e for e in group if e["format"] == ref_fmt)
         for e in group:
             e["reference_format"] = ref["format"]
             for k in DELTA_KEYS:
@@ -424,9 +468,10 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 def evaluate_all(cfg: Config, folders: list[Path], data_dir: Path, reports_dir: Path,
                  formats: list[str] | None = None, log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
-    """Evaluate every folder, then write reports/: metrics.json, comparison.md/.csv, plots, resolved config."""
+    """Evaluate every folder, then write reports/: metrics.json, predictions.csv (every photo's answer
+    in every format), comparison.md/.csv, plots, resolved config."""
     from mushroom.config import save_resolved
-    from mushroom.reporting import write_reports
+    from mushroom.reporting import write_predictions, write_reports
 
     if not folders:
         raise UserError(f"no trained model folders found in {cfg.paths.models_dir}: train a model first "
@@ -439,9 +484,10 @@ def evaluate_all(cfg: Config, folders: list[Path], data_dir: Path, reports_dir: 
         arrays_by_model[folder.name] = arrays
     reports_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(entries, reports_dir / "metrics.json")
+    predictions = write_predictions(arrays_by_model, reports_dir / "predictions.csv")
     plots = write_reports(entries, arrays_by_model, reports_dir, cfg.evaluate.ece_bins)
     save_resolved(cfg, reports_dir)
-    return entries, {"plots": plots, "arrays": arrays_by_model}
+    return entries, {"plots": plots, "arrays": arrays_by_model, "predictions": predictions}
 
 
 def log_to_wandb(cfg: Config, entries: list[dict], extras: dict, reports_dir: Path, data_dir: Path,

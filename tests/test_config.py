@@ -22,6 +22,13 @@ def test_main_config_lists_51_species_from_shared_table():
         assert all(a.count("(") == a.count(")") for a in sp.look_alikes)
 
 
+def test_interval_keys_default_and_override():
+    cfg = load_config()
+    assert cfg.evaluate.bootstrap_samples == 2000 and cfg.evaluate.confidence == 0.95
+    cfg = load_config(None, ["evaluate.bootstrap_samples=100", "evaluate.confidence=0.9"])
+    assert cfg.evaluate.bootstrap_samples == 100 and cfg.evaluate.confidence == 0.9
+
+
 def test_demo_config_extends_main_and_overrides():
     cfg = load_config(PROJECT_ROOT / "configs/demo.yaml", ["train.batch_size=8", "model.weights=null"])
     assert cfg.image.size == 128
@@ -41,6 +48,10 @@ def test_demo_config_extends_main_and_overrides():
     ("species[0]=x", "unknown config key 'species[0]'"),
     ("novalue", "must look like key.subkey=value"),
     ("data.species_subset=[Amanita nonexistens]", "'data.species_subset[0]' names 'Amanita nonexistens'"),
+    ("evaluate.bootstrap_samples=50", "'evaluate.bootstrap_samples' must be at least 100, got 50"),
+    ("evaluate.bootstrap_samples=2000.5", "'evaluate.bootstrap_samples' must be an integer"),
+    ("evaluate.confidence=0.9999", "'evaluate.confidence' must be between 0.5 and 0.999"),
+    ("evaluate.confidence=0.4", "'evaluate.confidence' must be between 0.5 and 0.999"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -105,3 +105,75 @@ def test_latency_reports_median_and_p95():
     med, p95 = latency_ms(lambda x: calls.append(x.shape), np.zeros((4, 4, 3)), runs=7, warmup=2)
     assert len(calls) == 9 and calls[0] == (1, 4, 4, 3)
     assert 0 <= med <= p95
+
+
+def test_intervals_and_paired_deltas_per_format(evaluated):
+    from mushroom.stats import CI_METRICS
+
+    saved = json.loads((evaluated["reports"] / "metrics.json").read_text())
+    keras_e, f32, int8 = saved
+    for e in saved:
+        assert e["bootstrap_samples"] == 2000 and e["ci_confidence"] == 0.95
+        for m in CI_METRICS:
+            ci = e[f"{m}_ci"]
+            assert (ci is None) == (e[m] is None), m
+            assert ci is None or 0.0 <= ci[0] <= ci[1] <= 1.0
+        assert e["top1_ci"][0] <= e["top1"] <= e["top1_ci"][1]
+        assert e["delta_significant"] == (e["delta_top1_ci"][0] > 0 or e["delta_top1_ci"][1] < 0)
+        assert 0.0 <= e["flip_rate"] <= 1.0 and 0.0 <= e["mean_abs_dprob"] <= e["max_abs_dprob"] <= 1.0
+        assert e["delta_ece_calibrated"] == pytest.approx(e["ece_calibrated"] - keras_e["ece_calibrated"], abs=1e-12)
+    # the reference against itself: nothing changes, nothing to test
+    assert keras_e["delta_top1_ci"] == [0.0, 0.0] and keras_e["delta_ece_calibrated_ci"] == [0.0, 0.0]
+    assert keras_e["delta_ece_calibrated"] == 0.0 and keras_e["mcnemar_p"] == 1.0 and keras_e["flip_rate"] == 0.0
+    assert keras_e["delta_significant"] is False
+    # the float32 file computes the Keras model's function: the same answers, the same probabilities
+    assert f32["flip_rate"] == 0.0 and f32["delta_top1_ci"] == [0.0, 0.0] and f32["mean_abs_dprob"] < 1e-3
+    lo, hi = int8["delta_top1_ci"]
+    assert -1.0 <= lo <= int8["delta_top1"] <= hi <= 1.0
+    assert (evaluated["reports"] / "deltas_test-tiny.png").is_file()
+
+
+def test_predictions_csv_recomputes_the_metrics(evaluated):
+    """Every photo's answer in every format: top-1, the verdict rates, the open-set shares and the
+    McNemar test come out of predictions.csv exactly as metrics.json has them."""
+    import csv
+    import math
+
+    from scipy.stats import binomtest
+
+    saved = {e["format"]: e for e in json.loads((evaluated["reports"] / "metrics.json").read_text())}
+    rows = list(csv.DictReader((evaluated["reports"] / "predictions.csv").open()))
+    manifest = {r["path"]: r for r in csv.DictReader((evaluated["data_dir"] / "manifest.csv").open())}
+    edible = {"Boletus edulis", "Macrolepiota procera"}
+    assert {r["format"] for r in rows} == set(saved) and {r["model"] for r in rows} == {"test-tiny"}
+    by = {}
+    for fmt, e in saved.items():
+        known = [r for r in rows if r["format"] == fmt and r["known"] == "true"]
+        unknown = [r for r in rows if r["format"] == fmt and r["known"] == "false"]
+        assert len(known) == e["n_test"] and len(unknown) == e["n_unknown_test"]
+        for r in known + unknown:
+            source = manifest[r["path"]]
+            assert r["group"] == source["observation_id"] and r["true_species"] == source["species"]
+            top5 = [(s.split(":")[0], float(s.split(":")[1])) for s in r["top5"].split(";")]
+            assert top5[0] == (r["predicted_species"], float(r["probability"])) and len(top5) == 3
+            assert [p for _, p in top5] == sorted((p for _, p in top5), reverse=True)
+            if r["unknown_flagged"] == "true":
+                assert r["verdict"] == "unknown"
+        assert {r["true_species"] for r in unknown} == {"Hypholoma fasciculare"}
+        assert sum(r["top1_correct"] == "true" for r in known) / len(known) == pytest.approx(e["top1"])
+        assert sum(r["top5_correct"] == "true" for r in known) / len(known) == pytest.approx(e["top5"])
+        ed = [r for r in known if r["true_species"] in edible]
+        assert sum(r["verdict"] == "edible" for r in ed) / len(ed) == pytest.approx(e["edible_verdict_edible"])
+        flagged = [r["unknown_flagged"] == "true" for r in unknown]
+        assert sum(flagged) / len(unknown) == pytest.approx(e["unknown_flagged"])
+        kept = [r["unknown_flagged"] == "false" for r in known]
+        assert sum(kept) / len(known) == pytest.approx(e["known_coverage"])
+        by[fmt] = {r["path"]: r for r in known}
+    ref, int8 = by["keras"], by["ptq_int8"]
+    b = sum(ref[p]["top1_correct"] == "true" and int8[p]["top1_correct"] == "false" for p in ref)
+    c = sum(ref[p]["top1_correct"] == "false" and int8[p]["top1_correct"] == "true" for p in ref)
+    p_value = 1.0 if b + c == 0 else binomtest(b, b + c, 0.5).pvalue
+    assert (saved["ptq_int8"]["mcnemar_b"], saved["ptq_int8"]["mcnemar_c"]) == (b, c)
+    assert math.isclose(saved["ptq_int8"]["mcnemar_p"], p_value)
+    flips = sum(ref[p]["predicted_species"] != int8[p]["predicted_species"] for p in ref) / len(ref)
+    assert saved["ptq_int8"]["flip_rate"] == pytest.approx(flips)

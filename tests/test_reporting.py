@@ -10,9 +10,15 @@ from mushroom.reporting import README_BEGIN, README_END, csv_table, markdown_tab
 def _entries():
     base = {k: 0.5 for k in CONTRACT_KEYS}
     out = []
-    for fmt, top1, size, lat in [("keras", 0.40, 24.0, 12.0), ("ptq_int8", 0.38, 7.2, 3.0), ("qat_int8", 0.41, 7.2, 2.9)]:
+    for fmt, top1, size, lat, ci, d_ci, p in [
+            ("keras", 0.40, 24.0, 12.0, [0.31, 0.5], [0.0, 0.0], 1.0),
+            ("ptq_int8", 0.38, 7.2, 3.0, [0.29, 0.47], [-0.04, -0.006], 0.0312),
+            ("qat_int8", 0.41, 7.2, 2.9, [0.32, 0.51], [-0.02, 0.04], 0.0004)]:
         e = dict(base, model="demo-b0", format=fmt, top1=top1, size_mb=size, latency_ms_median=lat,
-                 threads=1, n_test=10, dangerous_error=float("nan") if fmt == "keras" else 0.1, weights=None)
+                 threads=1, n_test=10, dangerous_error=float("nan") if fmt == "keras" else 0.1, weights=None,
+                 top1_ci=ci, delta_top1_ci=d_ci, mcnemar_p=p, delta_ece_calibrated=0.01 * len(out),
+                 delta_ece_calibrated_ci=[-0.02, 0.03] if out else [0.0, 0.0], ci_confidence=0.95,
+                 bootstrap_samples=2000)
         out.append(e)
     add_degradation(out)
     return out
@@ -32,11 +38,19 @@ def test_tables_render_every_entry_and_missing_values():
     md = markdown_table(entries)
     lines = md.splitlines()
     assert len(lines) == 2 + 3
-    assert "| demo-b0 | qat_int8 | 0.410 |" in md
+    assert "| demo-b0 | qat_int8 | 0.410 [0.32, 0.51] |" in md
     assert "–" in lines[2]  # the NaN dangerous error of the keras row
+    # Δtop-1 with its paired interval, starred when it excludes 0; McNemar p; the reference row plain
+    assert "| -0.020 [-0.04, -0.01]* | 0.031 |" in lines[3]
+    assert "| +0.010 [-0.02, +0.04] | <0.001 |" in lines[4]
+    assert "| +0.000 | – |" in lines[2]
     rows = list(csv.DictReader(io.StringIO(csv_table(entries))))
     assert [r["format"] for r in rows] == ["keras", "ptq_int8", "qat_int8"]
     assert float(rows[1]["size_mb"]) == 7.2
+    assert float(rows[1]["delta_top1_ci_lo"]) == -0.04 and float(rows[2]["top1_ci_hi"]) == 0.51
+    assert float(rows[1]["mcnemar_p"]) == 0.0312
+    # entries without intervals (older metrics.json) still render
+    assert "| demo-b0 | keras | 0.400 |" in markdown_table([dict(entries[0], top1_ci=None)])
 
 
 def test_plots_and_readme_block(tmp_path):
@@ -46,8 +60,8 @@ def test_plots_and_readme_block(tmp_path):
     arrays = {"demo-b0": {"labels": labels, "probs": probs, "class_names": list("abcd")}}
     plots = write_reports(_entries(), arrays, tmp_path, 15)
     names = sorted(p.name for p in plots)
-    assert names == ["confusion_demo-b0_keras.png", "confusion_demo-b0_qat_int8.png", "reliability_demo-b0.png",
-                     "risk_coverage_demo-b0.png", "tradeoff.png"]
+    assert names == ["confusion_demo-b0_keras.png", "confusion_demo-b0_qat_int8.png", "deltas_demo-b0.png",
+                     "reliability_demo-b0.png", "risk_coverage_demo-b0.png", "tradeoff.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
     assert (tmp_path / "comparison.md").read_text().startswith("| model | format |")
 
@@ -58,6 +72,8 @@ def test_plots_and_readme_block(tmp_path):
     text = readme.read_text()
     assert "\nold\n" not in text and text.endswith("\ntail\n") and "`make demo DATA=x`" in text
     assert "trained from scratch" in text and "| demo-b0 | ptq_int8 |" in text
+    assert "95% group-bootstrap interval" in text and "McNemar" in text
+    assert "![format minus float reference with intervals demo-b0](reports/deltas_demo-b0.png)" in text
     assert update_readme(readme, block) and readme.read_text() == text  # idempotent
     (tmp_path / "plain.md").write_text("no markers")
     assert not update_readme(tmp_path / "plain.md", block)
