@@ -25,7 +25,8 @@ def _is_ci(value) -> bool:
 
 def _with_ci(key: str, fmt: str, signed: bool = False, star: bool = False):
     """A cell renderer: the value, then its interval (<key>_ci) at two decimals, "0.771 [0.68, 0.86]";
-    `star`: "*" when the interval excludes 0. The reference row of a Δ column shows the value alone."""
+    `star`: "*" when the entry's delta_significant holds (the interval excludes 0 and McNemar agrees,
+    see stats.paired). The reference row of a Δ column shows the value alone."""
     ci_fmt = "{:+.2f}" if signed else "{:.2f}"
 
     def render(entry: dict) -> str | None:
@@ -36,7 +37,7 @@ def _with_ci(key: str, fmt: str, signed: bool = False, star: bool = False):
         ci = entry.get(f"{key}_ci")
         if _is_ci(ci) and not (signed and entry.get("format") == entry.get("reference_format")):
             text += f" [{ci_fmt.format(ci[0])}, {ci_fmt.format(ci[1])}]"
-            if star and excludes_zero(ci):
+            if star and entry.get("delta_significant"):
                 text += "*"
         return text
     return render

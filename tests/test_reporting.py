@@ -18,7 +18,9 @@ def _entries():
                  threads=1, n_test=10, dangerous_error=float("nan") if fmt == "keras" else 0.1, weights=None,
                  top1_ci=ci, delta_top1_ci=d_ci, mcnemar_p=p, delta_ece_calibrated=0.01 * len(out),
                  delta_ece_calibrated_ci=[-0.02, 0.03] if out else [0.0, 0.0], ci_confidence=0.95,
-                 bootstrap_samples=2000)
+                 bootstrap_samples=2000,
+                 # as stats.paired decides it: the paired interval excludes 0 and McNemar agrees
+                 delta_significant=(d_ci[0] > 0 or d_ci[1] < 0) and p < 0.05)
         out.append(e)
     add_degradation(out)
     return out
