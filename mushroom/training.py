@@ -180,6 +180,46 @@ class BestKeeper(keras.callbacks.Callback):
                 var.assign(value)
 
 
+def recalibrate_batch_norm(model: keras.Model, batches) -> int:
+    """Recompute every BatchNormalization's moving mean and variance as the average over `batches`
+    (images only, or (images, labels)) of the statistics the layer sees in training mode: the
+    momentum of the k-th batch is (k - 1) / k, a cumulative average. Returns the number of layers.
+
+    Why, from scratch only: Keras' momentum 0.99 lags far behind a network whose weights all move,
+    so after the ~200 steps of a demo the inference-mode statistics describe an early network
+    (measured here: a plain CNN at 47 % in training mode, 3 % in inference mode; the from-scratch
+    ResNet50 predicted the majority class for almost every photo). Pretrained batch norm is frozen
+    and keeps its statistics."""
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:
+        return 0
+    saved = [(layer.momentum, layer.trainable) for layer in layers]
+    try:
+        for layer in layers:
+            layer.trainable = True
+        for k, batch in enumerate(batches, start=1):
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            for layer in layers:
+                layer.momentum = (k - 1) / k
+            model(images, training=True)
+    finally:
+        for layer, (momentum, trainable) in zip(layers, saved):
+            layer.momentum, layer.trainable = momentum, trainable
+    return len(layers)
+
+
+class BatchNormRecalibration(keras.callbacks.Callback):
+    """Before every validation (so early stopping and the best checkpoint judge the model as it
+    will be used) recompute the batch-norm statistics over the training photos, unaugmented."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def on_test_begin(self, logs=None):
+        recalibrate_batch_norm(self.model, self.batches)
+
+
 class LearningRateLog(keras.callbacks.Callback):
     """Adds the learning rate of the epoch's last step to the epoch logs."""
 
@@ -248,6 +288,12 @@ def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verb
 
     steps = math.ceil(len(train_data) / cfg.train.batch_size)
     keeper = BestKeeper(cfg.train.early_stopping_patience)
+    extra = []
+    if from_scratch:
+        # the training photos as evaluation sees them: no augmentation, no shuffling
+        plain = dataset.make_dataset(train_data.paths, train_data.labels, cfg.image.size, cfg.train.batch_size,
+                                     cache=cfg.train.cache)
+        extra.append(BatchNormRecalibration(plain))
     epochs_done = 0
     records: list[dict] = []
     stages = []
@@ -268,7 +314,7 @@ def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verb
         keeper.start_stage(stage)
         hist = model.fit(train_data.dataset, validation_data=val_data.dataset, epochs=epochs_done + scfg.epochs,
                          initial_epoch=epochs_done, verbose=verbose,
-                         callbacks=[LearningRateLog(), keeper, *callbacks])
+                         callbacks=[LearningRateLog(), *extra, keeper, *callbacks])
         ran = len(hist.epoch)
         for i in range(ran):
             records.append({"stage": stage, "epoch": epochs_done + i + 1, "stage_epoch": i + 1,

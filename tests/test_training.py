@@ -170,3 +170,42 @@ def test_mirrored_strategy_on_two_logical_cpus_trains(data_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     words = proc.stdout.split("REPLICAS")[-1].split()
     assert words[0] == "2" and np.isfinite(float(words[2]))
+
+
+def test_batch_norm_recalibration_is_the_average_of_the_batch_statistics():
+    """Known answer: after recalibration each batch norm's moving mean is the mean over the batches
+    of what it sees in training mode; the momentum and trainable flags are left as they were."""
+    from mushroom.training import recalibrate_batch_norm
+
+    inputs = keras.Input((4,))
+    bn = keras.layers.BatchNormalization(momentum=0.99, name="bn")
+    model = keras.Model(inputs, bn(inputs))
+    bn.trainable = False
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc, 1.0, (8, 4)).astype("float32") for loc in (0.0, 4.0, 8.0)]
+    assert recalibrate_batch_norm(model, batches) == 1
+    expected = np.mean([b.mean(axis=0) for b in batches], axis=0)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert bn.momentum == 0.99 and bn.trainable is False
+
+
+def test_recalibration_makes_inference_mode_agree_with_training_mode(data_dir):
+    """A from-scratch network after a few steps at Keras' momentum 0.99: its inference-mode outputs
+    describe an early network; recalibrated, they match what training mode computes."""
+    from mushroom.training import recalibrate_batch_norm
+
+    cfg = tiny_cfg()
+    names = dataset.class_names(cfg, read_manifest(manifest_path(data_dir)))
+    plain = dataset.split_dataset(cfg, data_dir, "train", names)
+    model = models.build_model("tiny", len(names), cfg.image.size)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.99
+    model.compile(keras.optimizers.Adam(3e-3), "categorical_crossentropy")
+    model.fit(plain.dataset, epochs=3, verbose=0)
+    x = np.concatenate([b[0].numpy() for b in plain.dataset])
+    train_mode = model(x, training=True).numpy()
+    before = np.abs(model(x, training=False).numpy() - train_mode).mean()
+    recalibrate_batch_norm(model, [x])
+    after = np.abs(model(x, training=False).numpy() - train_mode).mean()
+    assert after < 0.01 and after < 0.2 * before
