@@ -3,7 +3,9 @@
 Every model takes float pixels in [0, 255] (shape (size, size, 3)) and returns softmax
 probabilities. Its backbone's own input scaling is the first layer after the input, so the
 scaling lives in exactly one place, inside the model. The head is built on the backbone's output
-tensor (no nested Model), so tfmot can annotate the graph layer by layer.
+tensor (no nested Model), so tfmot can annotate the graph layer by layer. For QAT the graph is
+rebuilt once more (rebuild_for_int8: same weights, identical outputs, no tensor left inside a layer
+without a QAT range), so that every op of the qat_int8 file runs in int8; model.keras keeps the original.
 """
 from __future__ import annotations
 
@@ -173,6 +175,105 @@ def backbone_layers(model: keras.Model) -> list:
     """The backbone's layers in graph order (everything between the input and the head)."""
     head = head_layer_names(model)
     return [l for l in model.layers if l.name not in head and not isinstance(l, keras.layers.InputLayer)]
+
+
+# --- the graph the int8 converter sees ---------------------------------------------------------
+
+# Activations that tfmot quantizes only after they are applied (swish) and that TFLite cannot fuse
+# into an int8 convolution (it lowers swish to LOGISTIC + MUL): inside a conv they leave the
+# pre-activation tensor without a QAT range, so the converter keeps the conv float.
+SPLIT_ACTIVATIONS = ("swish", "silu")
+_CONV_TYPES = ("Conv2D", "DepthwiseConv2D", "Dense")
+
+
+def rebuild_for_int8(model: keras.Model) -> keras.Model:
+    """The same flat network, with the same weights and bit-identical float outputs, rebuilt so that
+    every TFLite op of the qat_int8 file has a QAT range on its input and output (quantizing it
+    gives tfmot one output quantizer per layer, never one inside a layer). Three rewrites:
+
+    - a Conv2D/DepthwiseConv2D/Dense with a swish activation becomes the linear layer (same name,
+      same weights) followed by `Activation(swish)` named `<name>_activation` (EfficientNetV2's
+      squeeze-excite reduce convs): conv, bias, then swish is what the layer computed;
+    - `Rescaling(s, offset=o)` with s != 1 and o != 0 (MobileNetV2, EfficientNetV2-S/M: a MUL then
+      an ADD) becomes `Rescaling(s)` named `<name>_scale`, then `Rescaling(1, offset=o)` under the
+      original name: (x * s + 0) * 1 + o is x * s + o exactly;
+    - `Normalization(mean, variance)` (EfficientNetV2-B0..B3: a SUB then a DIV) becomes
+      `Normalization(mean, 1)` named `<name>_center`, then `Normalization(0, variance)` under the
+      original name: (x - m) / 1 - 0 divided by the same sqrt(variance) is exact too.
+
+    The layer under the original name outputs what the original layer did, so its consumers and
+    output names are unchanged. Without the rewrites the qat_int8 file kept those ops float behind
+    DEQUANTIZE (measured, random weights, 128 px: B0 89 float32 tensors and 0.37x float32 in size,
+    MobileNetV2 5), because tfmot quantizes a layer's output, not the tensor between its two ops.
+    A model with nothing to rewrite (ResNet50, or one already rebuilt) is returned as it is. Used
+    for QAT only (mushroom.qat_configs): the float model.keras keeps the layers it was trained with."""
+    config = model.get_config()
+    names = {spec["name"] for spec in config["layers"]}
+    layers_out, renamed = [], {}
+
+    def fresh(name: str) -> str:
+        if name in names:
+            raise ValueError(f"rebuild_for_int8: {model.name} already has a layer named {name}")
+        names.add(name)
+        return name
+
+    def step(spec: dict, name: str, inbound, **changes) -> dict:
+        new = {**spec, "name": name, "config": {**spec["config"], "name": name, **changes}, "inbound_nodes": inbound}
+        new.pop("build_config", None)
+        return new
+
+    for spec in config["layers"]:
+        cls, cfg, name = spec["class_name"], spec["config"], spec["name"]
+        single = len(spec["inbound_nodes"]) == 1   # a layer called once (shared layers are left alone)
+        if single and cls in _CONV_TYPES and cfg.get("activation") in SPLIT_ACTIVATIONS:
+            act = fresh(f"{name}_activation")
+            layers_out.append(step(spec, name, spec["inbound_nodes"], activation="linear"))
+            layers_out.append({"module": "keras.layers", "class_name": "Activation", "registered_name": None,
+                               "name": act, "inbound_nodes": [[[name, 0, 0, {}]]],
+                               "config": {"name": act, "trainable": cfg.get("trainable", True), "dtype": cfg.get("dtype"),
+                                          "activation": cfg["activation"]}})
+            renamed[name] = act
+        elif single and cls == "Rescaling" and _any_nonzero(cfg["offset"]) and not _all_equal(cfg["scale"], 1.0):
+            first = fresh(f"{name}_scale")
+            layers_out.append(step(spec, first, spec["inbound_nodes"], offset=0.0))
+            layers_out.append(step(spec, name, [[[first, 0, 0, {}]]], scale=1.0))
+        elif (single and cls == "Normalization" and not cfg.get("invert") and cfg.get("mean") is not None
+              and cfg.get("variance") is not None and _any_nonzero(cfg["mean"]) and not _all_equal(cfg["variance"], 1.0)):
+            import numpy as np
+
+            first = fresh(f"{name}_center")
+            ones = np.ones_like(np.asarray(cfg["variance"], np.float64)).tolist()
+            zeros = np.zeros_like(np.asarray(cfg["mean"], np.float64)).tolist()
+            layers_out.append(step(spec, first, spec["inbound_nodes"], variance=ones))
+            layers_out.append(step(spec, name, [[[first, 0, 0, {}]]], mean=zeros))
+        else:
+            layers_out.append(spec)
+    if len(layers_out) == len(config["layers"]):
+        return model
+    for spec in layers_out:   # consumers of a split conv read its activation
+        if spec["name"] not in renamed.values():
+            spec["inbound_nodes"] = [[[renamed.get(ref[0], ref[0]), *ref[1:]] for ref in node]
+                                     for node in spec["inbound_nodes"]]
+    config["layers"] = layers_out
+    config["output_layers"] = [[renamed.get(ref[0], ref[0]), *ref[1:]] for ref in config["output_layers"]]
+    rebuilt = keras.Model.from_config(config)
+    original = {layer.name: layer for layer in model.layers}
+    for layer in rebuilt.layers:
+        if layer.weights and layer.name in original:
+            layer.set_weights(original[layer.name].get_weights())
+    return rebuilt
+
+
+def _any_nonzero(value) -> bool:
+    import numpy as np
+
+    return bool(np.any(np.asarray(value, np.float64) != 0))
+
+
+def _all_equal(value, target: float) -> bool:
+    import numpy as np
+
+    return bool(np.all(np.asarray(value, np.float64) == target))
 
 
 def scaling_layer(model: keras.Model):

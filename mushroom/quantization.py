@@ -52,13 +52,15 @@ def qat_finetune(model, images: np.ndarray, labels: np.ndarray, qcfg, batch_size
     `history`, when given, receives the per-epoch loss/accuracy."""
     from mushroom import qat_configs
     from mushroom.keras_env import keras, tf
+    from mushroom.models import rebuild_for_int8
 
     if qcfg.qat_epochs < 1:
         raise UserError("quantize.qat_epochs is 0, which leaves the QAT model's int8 ranges uncalibrated: "
                         "set it to 1 or more, or drop qat_int8 from quantize.formats")
     keras.utils.set_random_seed(seed)
-    qat = qat_configs.quantize(model)
-    qat_configs.calibrate_ranges(qat, model, images[:256])
+    rebuilt = rebuild_for_int8(model)   # once: quantize and calibrate_ranges would each rebuild it
+    qat = qat_configs.quantize(rebuilt)
+    qat_configs.calibrate_ranges(qat, rebuilt, images[:256])
     # Batch norm in inference mode with frozen statistics: a short QAT fine-tune that updates the
     # moving statistics from a few small batches of fake-quantized activations wrecked the demo b0
     # (val top-1 0.22 -> 0.03 after one epoch). The conv kernels and ranges still adapt.
@@ -149,13 +151,34 @@ def convert(model, fmt: str, representative: np.ndarray | None = None) -> bytes:
         # them the converter calibrates on top of the QAT ranges and mixes the two (a conv's
         # bias scale came from calibration, its input scale from QAT: 11x off), and the file
         # agreed with its Keras model on 33-75 % of photos; without them it agrees on 100 %.
-        # The cost: convs whose swish activation has no pre-activation QAT range (the SE-block
-        # reduce convs) stay float inside an otherwise int8 graph.
+        # Without calibration an op stays float unless QAT gave every tensor it touches a range:
+        # models.rebuild_for_int8 (applied by qat_configs.quantize) makes that so for every
+        # registered model, and float_ops() finds any op left float.
         pass
     if fmt in INT8_FORMATS:
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8
     return converter.convert()
+
+
+def float_ops(path: str | os.PathLike) -> list[str]:
+    """Every float32 tensor of a .tflite file, as "OP tensor" with the op that writes it (or, for a
+    constant or the input, the first op that reads it): empty for a fully integer file. DEQUANTIZE
+    always writes float32, so a dequantize/quantize pair inside an int8 graph is listed here too.
+    Read through the LiteRT interpreter without its default delegate (which would merge the ops)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_path=str(path),
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    floats = {t["index"]: t["name"] for t in interpreter.get_tensor_details() if np.dtype(t["dtype"]) == np.float32}
+    writer, reader = {}, {}
+    for op in interpreter._get_ops_details():
+        for index in op["outputs"]:
+            writer.setdefault(int(index), op["op_name"])
+        for index in op["inputs"]:
+            reader.setdefault(int(index), op["op_name"])
+    return [f"{writer.get(i) or reader.get(i, '-')} {name}" for i, name in sorted(floats.items())]
 
 
 def _peak_rss_mb() -> float:
@@ -352,6 +375,12 @@ def quantize_model_folder(cfg, model_folder: str | os.PathLike, data_dir: str | 
     }
     if qat is not None:
         report["keras_top1_on_check"]["qat"] = round(float(np.mean(reference["qat_int8"].argmax(1) == check_y)), 4)
+    # Every tensor of an int8 file should be integer: a float one is an op the converter left float.
+    report["float_tensors"] = {fmt: float_ops(files[fmt]) for fmt in formats if fmt in INT8_FORMATS}
+    for fmt, found in report["float_tensors"].items():
+        if found:
+            log(f"{fmt}: {len(found)} float32 tensor(s) inside the int8 file: {', '.join(found[:5])}"
+                + (" ..." if len(found) > 5 else ""))
     report["agreement"] = measure_agreement(files, reference, check_x, log=log)
     qat_agreement = report["agreement"].get("qat_int8", {}).get("agreement", 1.0)
     report["ok"] = qat_agreement >= qcfg.min_agreement

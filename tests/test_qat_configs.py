@@ -8,7 +8,7 @@ from mushroom import qat_configs as qc
 from mushroom.config import PROJECT_ROOT
 from mushroom.images import load_image
 from mushroom.keras_env import keras
-from mushroom.models import build_model, model_names
+from mushroom.models import SPLIT_ACTIVATIONS, build_model, model_names, rebuild_for_int8
 
 # quantize_apply is run on tiny, b0 and resnet50 here; on V2-S/M it takes tens of seconds each
 # (see the report), so for those the layer-type coverage check below stands in for it.
@@ -63,7 +63,7 @@ def test_quantize_apply_succeeds_and_keeps_the_weights(models, name):
     model = models[name]
     qat = qc.quantize(model)
     wrapped = [l for l in qat.layers if l.name.startswith("quant_")]
-    assert len(wrapped) == len(model.layers) - 1            # every layer but the input
+    assert len(wrapped) == len(rebuild_for_int8(model).layers) - 1   # every layer of the rebuilt graph but the input
     conv = next(l for l in model.layers if isinstance(l, keras.layers.Conv2D))
     kernel = next(w for w in qat.get_layer("quant_" + conv.name).weights if w.name.endswith("/kernel:0"))
     np.testing.assert_array_equal(kernel.numpy(), conv.kernel.numpy())
@@ -71,6 +71,49 @@ def test_quantize_apply_succeeds_and_keeps_the_weights(models, name):
     probs = qat.predict(x, verbose=0)
     assert probs.shape == (2, 3) and np.all(np.isfinite(probs))
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+
+
+def split_layers(model) -> set[str]:
+    """What rebuild_for_int8 adds to a registered model: an activation after each squeeze-excite
+    reduce conv (swish inside), the first half of a Rescaling with offset (MobileNetV2, V2-S/M) or
+    of a Normalization (V2-B0); ResNet50 has nothing to split."""
+    added = {f"{l.name}_activation" for l in model.layers if l.name.endswith("se_reduce")}
+    scaling = model.layers[1:3]
+    added |= {f"{l.name}_scale" for l in scaling if isinstance(l, keras.layers.Rescaling) and l.offset != 0 and l.scale != 1}
+    added |= {f"{l.name}_center" for l in scaling if isinstance(l, keras.layers.Normalization)}
+    return added
+
+
+SPLIT_LAYERS = {"tiny": 1, "mobilenet_v2": 1, "resnet50": 0, "efficientnet_v2_b0": 17}   # how many
+
+
+@pytest.mark.parametrize("name", sorted(SPLIT_LAYERS))
+def test_rebuild_for_int8_keeps_weights_and_float_outputs_exactly(models, name):
+    model = models[name]
+    rebuilt = rebuild_for_int8(model)
+    added = {l.name for l in rebuilt.layers} - {l.name for l in model.layers}
+    assert added == split_layers(model) and len(added) == SPLIT_LAYERS[name]
+    assert {l.name for l in model.layers} <= {l.name for l in rebuilt.layers}   # head_*, rescaling, ... all kept
+    assert rebuild_for_int8(rebuilt) is rebuilt                                 # nothing left to split
+    if not added:
+        assert rebuilt is model
+    for layer in model.layers:
+        for w, v in zip(layer.get_weights(), rebuilt.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(w, v)
+    # no layer computes two TFLite ops with an unquantized tensor between them
+    for layer in rebuilt.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
+            assert keras.activations.serialize(layer.activation) not in SPLIT_ACTIVATIONS, layer.name
+        if isinstance(layer, keras.layers.Rescaling):
+            assert layer.scale == 1.0 or np.all(np.asarray(layer.offset) == 0), layer.name
+    x = np.random.default_rng(3).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    outputs = ("head_pool", "head_logits", "head_probs")
+    before = keras.Model(model.input, [model.get_layer(n).output for n in outputs])(x)
+    after = keras.Model(rebuilt.input, [rebuilt.get_layer(n).output for n in outputs])(x)
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    scaled = rebuilt.get_layer(model.layers[1].name)        # the scaling's output is unchanged too
+    np.testing.assert_array_equal(keras.Model(rebuilt.input, scaled.output)(x).numpy(), model.layers[1](x).numpy())
 
 
 def test_annotate_leaves_the_input_alone_and_wraps_the_rest():

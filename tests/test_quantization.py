@@ -111,6 +111,68 @@ def test_report_records_sizes_agreement_and_child_memory(quantized):
     assert not (folder / "tflite" / ".representative.npy").exists()
 
 
+def test_int8_files_of_the_quantize_stage_have_no_float_tensor(quantized):
+    _, _, _, report = quantized
+    assert report["float_tensors"] == {"ptq_int8": [], "qat_int8": []}
+
+
+# The qat_int8 file is converted without calibration, so an op stays float wherever QAT left a
+# tensor without a range (models.rebuild_for_int8). Untrained weights at 32 px: the op kinds, not
+# the values, decide which ops stay float. A whole B0 or MobileNetV2 takes 100-200 s to convert on
+# 2 cores, so each is cut after its first blocks that hold every kind of layer it has (B0: the
+# Rescaling + Normalization input, fused MBConv with residual Add, MBConv with squeeze-excite;
+# MobileNetV2: the Rescaling with offset, inverted residual with Add), with the usual head on top.
+# The whole models were measured with benchmarks/tflite_latency.py: no float tensor either.
+FIRST_BLOCKS = {"tiny": None, "efficientnet_v2_b0": "block4a_project_bn", "mobilenet_v2": "block_2_add"}
+
+
+def first_blocks(name: str):
+    from mushroom.keras_env import keras
+    from mushroom.models import build_model
+
+    model = build_model(name, 3, SIZE, weights=None)
+    last = FIRST_BLOCKS[name]
+    if last is None:
+        return model
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(model.get_layer(last).output)
+    logits = keras.layers.Dense(3, name="head_logits")(x)
+    return keras.Model(model.input, keras.layers.Activation("softmax", name="head_probs")(logits), name=name)
+
+
+@pytest.mark.parametrize("name", list(FIRST_BLOCKS))
+def test_qat_int8_file_is_integer_from_input_to_outputs(name, tmp_path):
+    from mushroom import qat_configs
+    from mushroom.litert import TFLiteModel
+    from mushroom.quantization import convert, float_ops
+
+    model = first_blocks(name)
+    x = np.random.default_rng(0).integers(0, 256, (8, SIZE, SIZE, 3)).astype(np.float32)
+    qat = qat_configs.quantize(model)
+    qat_configs.calibrate_ranges(qat, model, x)
+    path = tmp_path / "qat_int8.tflite"
+    path.write_bytes(convert(qat, "qat_int8"))
+    assert float_ops(path) == []                      # no float32 tensor, hence no DEQUANTIZE either
+    lite = TFLiteModel(path)
+    assert lite.input_dtype == np.uint8 and lite.output_dtype == np.uint8
+    assert lite.run(x[:2]).keys() == {"probs", "logits", "embedding"}
+
+
+def test_float_ops_finds_what_the_rebuild_prevents(tmp_path, monkeypatch):
+    """Without models.rebuild_for_int8 the squeeze-excite reduce conv (swish inside the Conv2D: no
+    QAT range before the activation) stays float behind a DEQUANTIZE: the check above can fail."""
+    from mushroom import qat_configs
+    from mushroom.models import build_model
+    from mushroom.quantization import convert, float_ops
+
+    monkeypatch.setattr(qat_configs, "rebuild_for_int8", lambda model: model)
+    model = build_model("tiny", 3, SIZE)
+    path = tmp_path / "qat_int8.tflite"
+    path.write_bytes(convert(qat_configs.quantize(model), "qat_int8"))
+    found = float_ops(path)
+    assert any(op.startswith("DEQUANTIZE ") for op in found)
+    assert any("se_reduce" in op for op in found)
+
+
 def test_float32_file_matches_keras_and_qat_int8_agrees_on_real_photos(quantized):
     cfg, _, _, report = quantized
     agreement = report["agreement"]
