@@ -8,7 +8,8 @@ Without --model-folder, weights=None models are built and converted on the fly i
 folder (each conversion in its own child process, as in quantize_qat.py); the int8 files are
 calibrated on random pixels and the QAT model is not fine-tuned, which changes no size and no
 latency. Latency: median and p95 over --runs single-image invokes after --warmup, with 1 thread
-and with all cores. Prints a table and the int8/float32 ratios of size and 1-thread latency.
+and with all cores. Prints a table (with the float32 tensors left in each int8 file) and the
+int8/float32 ratios of size and 1-thread latency.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mushroom.config import EXPORT_FORMATS  # noqa: E402
 from mushroom.litert import TFLiteModel  # noqa: E402
+from mushroom.quantization import INT8_FORMATS, float_ops  # noqa: E402
 
 DEFAULT_MODELS = ("efficientnet_v2_b0:128", "efficientnet_v2_s:128", "efficientnet_v2_m:224")
 
@@ -75,11 +77,13 @@ def report(label: str, files: dict[str, Path], runs: int, warmup: int) -> None:
     for fmt, path in files.items():
         one = time_file(path, 1, runs, warmup)
         many = time_file(path, all_threads, runs, warmup)
-        rows[fmt] = (path.stat().st_size / 1e6, *one, *many)
+        rows[fmt] = (path.stat().st_size / 1e6, *one, *many, len(float_ops(path)) if fmt in INT8_FORMATS else None)
     print(f"\n{label}: ms per image, {runs} runs after {warmup} warm-up")
-    print(f"{'format':<10} {'MB':>8} {'1t med':>8} {'1t p95':>8} {f'{all_threads}t med':>8} {f'{all_threads}t p95':>8}")
-    for fmt, (mb, m1, p1, mn, pn) in rows.items():
-        print(f"{fmt:<10} {mb:>8.2f} {m1:>8.2f} {p1:>8.2f} {mn:>8.2f} {pn:>8.2f}")
+    # float32 tensors inside an int8 file are ops the converter left float (expected: none)
+    print(f"{'format':<10} {'MB':>8} {'1t med':>8} {'1t p95':>8} {f'{all_threads}t med':>8} {f'{all_threads}t p95':>8}"
+          f" {'float32 tensors':>16}")
+    for fmt, (mb, m1, p1, mn, pn, floats) in rows.items():
+        print(f"{fmt:<10} {mb:>8.2f} {m1:>8.2f} {p1:>8.2f} {mn:>8.2f} {pn:>8.2f} {'-' if floats is None else floats:>16}")
     if "float32" in rows:
         for fmt in ("ptq_int8", "qat_int8"):
             if fmt in rows:
