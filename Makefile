@@ -1,5 +1,6 @@
 # make demo  : create .venv, install, run the whole study on the small demo config
 # make test  : create .venv, install, run the test suite
+# make app   : build the phone page (app/dist/) for the model predict.py picks, or MODEL=<folder or .tflite>
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,8 +8,9 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/demo.yaml
 DATA ?=
 GROUP ?= date
+MODEL ?=
 
-.PHONY: venv test demo pipeline results
+.PHONY: venv test demo pipeline results app
 
 $(STAMP): requirements.txt constraints.txt
 	$(PY) -m venv $(VENV)
@@ -29,3 +31,10 @@ pipeline: $(STAMP)
 
 results: $(STAMP)
 	$(BIN)/python update_results.py --config $(CONFIG)
+
+# LiteRT.js from the npm registry, exactly as app/package-lock.json pins it.
+app/node_modules/.package-lock.json: app/package.json app/package-lock.json
+	cd app && npm ci --no-audit --no-fund
+
+app: $(STAMP) app/node_modules/.package-lock.json
+	$(BIN)/python build_app.py --config $(CONFIG) $(MODEL)

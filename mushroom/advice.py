@@ -173,6 +173,27 @@ def _resolve(name: str, note: str, of: Species, table: Mapping[str, Species],
             "in_model": name in classes, "note": note}
 
 
+def look_alike_table(species: Sequence[Species], all_species: Sequence[Species] | None = None) -> dict[str, list[dict]]:
+    """For each of the model's classes, its look-alikes resolved exactly as `advise` resolves them
+    ({name, of_species, edibility, in_model, note}), plus what the sentences about them need from
+    the table (common_name, in_table). The phone page (mushroom/app.py) ships this so that its
+    mirror of `advise` needs no species-table logic of its own."""
+    table_list = list(all_species) if all_species is not None else list(species)
+    table = {s.name: s for s in table_list}
+    for s in species:
+        table.setdefault(s.name, s)
+    classes = {s.name: i for i, s in enumerate(species)}
+    out = {}
+    for s in species:
+        rows = []
+        for name, note in look_alikes_of(s, table_list):
+            la = _resolve(name, note, s, table, classes)
+            known = table.get(name)
+            rows.append({**la, "common_name": known.common_name if known else "", "in_table": known is not None})
+        out[s.name] = rows
+    return out
+
+
 def _is_risky(look_alike: dict) -> bool:
     return look_alike["edibility"] in DANGEROUS_GRADES or look_alike["edibility"] == UNKNOWN_EDIBILITY
 

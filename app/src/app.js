@@ -1,0 +1,234 @@
+// The page: loads the model once (LiteRT.js, CPU/wasm), answers the photos of one mushroom with
+// predict.py's decision (decision.js) on predict.py's pixels (preprocess.js), offline after the
+// first visit (sw.js). window.mushroomApp exposes the state for the browser tests and the benchmark.
+import {loadLiteRt, loadAndCompile, supportsFeature, Tensor} from './litert.js';
+import {answerFind, dequantize, quantizeInput, VERDICT_TEXT} from './decision.js';
+import {resizeWithPad} from './preprocess.js';
+
+const $ = (id) => document.getElementById(id);
+const app = {bundle: null, model: null, stats: null, find: [], lastAnswer: null, lastInputs: [],
+  timings: {load_ms: null, photos_ms: []}, offlineReady: false, error: null, busy: false};
+window.mushroomApp = app;
+
+function status(text) { $('status').textContent = text; }
+
+function showError(text) {
+  $('error').textContent = text;
+  $('error').hidden = !text;
+}
+
+// --- the model ---------------------------------------------------------------------------------------
+function readStats(buffer, layout) {
+  const {dim, classes, offsets} = layout;
+  return {dim, classes, layout: layout.whiten_layout,
+    mw: new Float64Array(buffer, offsets.mw, classes * dim),
+    mwNorm: new Float64Array(buffer, offsets.mw_norm, classes),
+    whiten: new Float32Array(buffer, offsets.whiten, (layout.bytes - offsets.whiten) / 4)};
+}
+
+async function fetchOk(url) {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  return r;
+}
+
+async function load() {
+  const t0 = performance.now();
+  app.bundle = await (await fetchOk('model.json')).json();
+  app.simd = await supportsFeature('relaxedSimd');
+  await loadLiteRt('./wasm/');
+  app.model = await loadAndCompile('model.tflite', {accelerator: 'wasm'});
+  const stats = app.bundle.open_set && app.bundle.open_set.stats;
+  if (stats) app.stats = readStats(await (await fetchOk(stats.file)).arrayBuffer(), stats);
+  app.outputNames = app.model.getOutputDetails().map((d) => d.name);
+  app.timings.load_ms = performance.now() - t0;
+}
+
+// One photo -> the model's outputs by role, dequantized as mushroom/litert.py does.
+async function run(pixels) {
+  const spec = app.bundle.model;
+  const q = quantizeInput(pixels, spec.input.scale, spec.input.zero_point, spec.input.dtype);
+  const input = new Tensor(q, spec.input.shape);
+  let results;
+  try {
+    results = await app.model.run(input);
+  } finally {
+    input.delete();
+  }
+  const out = {};
+  const byName = {};
+  results.forEach((t, i) => { byName[app.outputNames[i]] = t; });
+  for (const [role, o] of Object.entries(spec.outputs)) {
+    const t = byName[o.name];
+    if (!t) throw new Error(`the model gave no output named ${o.name}`);
+    out[role] = dequantize(t.toTypedArray(), o.scale, o.zero_point);
+  }
+  for (const t of results) t.delete();
+  return out;
+}
+
+// --- photos -------------------------------------------------------------------------------------------
+// Decoded at natural size with EXIF orientation applied and no colour management (Pillow applies
+// neither an ICC profile nor a display colour space), then resized in JS exactly as images.py does.
+async function decode(file) {
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file, {imageOrientation: 'from-image', colorSpaceConversion: 'none',
+      premultiplyAlpha: 'none'});
+  } catch (err) {
+    throw new Error(`“${file.name}” is not a photo this browser can read (${file.type || 'unknown type'}). Choose a JPEG, PNG or WebP photo.`);
+  }
+  const canvas = document.createElement('canvas');
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  const ctx = canvas.getContext('2d', {willReadFrequently: true});
+  ctx.fillStyle = '#fff';            // images.to_rgb: transparency composited on white
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  ctx.drawImage(bitmap, 0, 0);
+  bitmap.close();
+  return {data: ctx.getImageData(0, 0, canvas.width, canvas.height).data, width: canvas.width, height: canvas.height};
+}
+
+async function analyse(file) {
+  const t0 = performance.now();
+  const img = await decode(file);
+  const pixels = resizeWithPad(img.data, img.width, img.height, app.bundle.model.image_size);
+  const outputs = await run(pixels);
+  app.timings.photos_ms.push(performance.now() - t0);
+  return {name: file.name, url: URL.createObjectURL(file), pixels, outputs};
+}
+
+async function addPhotos(files, replace) {
+  if (!app.model || app.busy) return;
+  app.busy = true;
+  showError('');
+  const errors = [];
+  const added = [];
+  status(`Looking at ${files.length} photo${files.length > 1 ? 's' : ''}…`);
+  for (const file of files) {
+    try {
+      added.push(await analyse(file));
+    } catch (err) {
+      errors.push(err.message || String(err));
+    }
+  }
+  if (replace && added.length) clearFind();
+  app.find.push(...added);
+  if (errors.length) showError(errors.join(' '));
+  if (app.find.length) {
+    app.lastInputs = app.find.map((p) => p.pixels);
+    app.lastAnswer = answerFind(app.bundle, app.find.map((p) => p.outputs), app.stats, app.find.map((p) => p.name).join(', '));
+    render(app.lastAnswer);
+  }
+  status(ready());
+  app.busy = false;
+  app.answered = (app.answered || 0) + 1;
+}
+
+function clearFind() {
+  for (const p of app.find) URL.revokeObjectURL(p.url);
+  app.find = [];
+  app.lastAnswer = null;
+  $('thumbs').replaceChildren();
+  $('answer').hidden = true;
+  $('reset').hidden = true;
+}
+
+// --- the answer ----------------------------------------------------------------------------------------
+const pctText = (p) => `${(100 * p).toFixed(1)}%`;
+
+function edibilityWords(grade, notes) {
+  const meaning = app.bundle.grades.meaning[grade];
+  if (grade === 'caution' && notes) return `caution: ${notes}`;
+  return meaning ? `${grade}: ${meaning}` : grade;
+}
+
+function el(tag, props = {}, ...children) {
+  const e = document.createElement(tag);
+  Object.assign(e, props);
+  e.append(...children);
+  return e;
+}
+
+function render(a) {
+  const classes = Object.fromEntries(app.bundle.classes.map((c) => [c.name, c]));
+  $('thumbs').replaceChildren(...app.find.map((p) => el('img', {src: p.url, alt: p.name})));
+  const v = $('verdict');
+  v.className = `verdict ${a.verdict}`;
+  v.replaceChildren(VERDICT_TEXT[a.verdict], el('small', {}, app.find.length > 1
+    ? `One answer for ${app.find.length} photos of this mushroom.` : 'One photo. Add more photos of the same mushroom for a better answer.'));
+  $('certainty').textContent = `Certainty: ${pctText(a.certainty.probability)} (${a.certainty.level}), calibrated: `
+    + 'of the answers given with this certainty, about this share is right.';
+  $('top5').replaceChildren(...a.top5.map((t) => {
+    const c = classes[t.species];
+    const danger = app.bundle.grades.dangerous.includes(t.edibility);
+    return el('li', {},
+      el('div', {}, el('span', {className: 'name'}, t.common_name || t.species), ' ',
+        el('span', {className: 'sci'}, t.species), ` — ${pctText(t.probability)}`),
+      el('div', {className: 'bar'}, el('span', {style: `width:${(100 * t.probability).toFixed(1)}%`})),
+      el('div', {className: `edib${danger ? ' danger' : ''}`}, edibilityWords(t.edibility, c ? c.notes : '')));
+  }));
+  const reminder = app.bundle.text.reminder;
+  $('reasons').replaceChildren(...a.reasons.filter((r) => r !== reminder).map((r) => el('li', {}, r)));
+  $('lookalikes-box').hidden = !a.look_alikes.length;
+  $('lookalikes').replaceChildren(...a.look_alikes.map((la) => el('li', {},
+    `${la.name}${la.note ? ` (${la.note})` : ''}, look-alike of ${la.of_species}: ${la.edibility}`
+    + (la.in_model ? '' : ' — this model was never trained on it'))));
+  $('answer').hidden = false;
+  $('reset').hidden = false;
+}
+
+function ready() {
+  const b = app.bundle;
+  const known = b.classes.length;
+  const check = b.open_set ? 'photos unlike all of them are answered “unknown”'
+    : 'it cannot tell when a photo shows another species';
+  return `Ready: knows ${known} species (${check}). Model loaded in ${(app.timings.load_ms / 1000).toFixed(1)} s`
+    + (app.offlineReady ? '; works offline.' : '.');
+}
+
+// --- offline ---------------------------------------------------------------------------------------------
+async function registerServiceWorker() {
+  if (!('serviceWorker' in navigator)) return;
+  await navigator.serviceWorker.register('sw.js');
+  const reg = await navigator.serviceWorker.ready;
+  const wasm = app.simd ? ['litert_wasm_internal.js', 'litert_wasm_internal.wasm']
+    : ['litert_wasm_compat_internal.js', 'litert_wasm_compat_internal.wasm'];
+  const urls = wasm.map((f) => new URL(`wasm/${f}`, location.href).href);
+  const reply = await new Promise((resolve) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = (e) => resolve(e.data);
+    reg.active.postMessage({type: 'cache', urls}, [channel.port2]);
+  });
+  app.offlineReady = !!reply.ok;
+  if (!reply.ok) console.warn('offline cache incomplete:', reply.error);
+  status(ready());
+}
+
+async function main() {
+  $('reminder').textContent = 'A photo is never enough to eat a wild mushroom: have every find identified in person by an experienced mycologist or a mushroom inspector before eating any of it.';
+  try {
+    await load();
+  } catch (err) {
+    app.error = String(err && err.message || err);
+    status('');
+    showError(`The model could not be loaded (${app.error}). Reload the page; if it keeps failing, this browser may be too old.`);
+    return;
+  }
+  $('reminder').textContent = app.bundle.text.reminder;
+  for (const id of ['camera', 'files']) {
+    const input = $(id);
+    input.disabled = false;
+    input.addEventListener('change', async () => {
+      const files = Array.from(input.files || []);
+      input.value = '';                 // the same photo chosen again still fires change
+      if (files.length) await addPhotos(files, id === 'files');
+    });
+  }
+  $('reset').addEventListener('click', () => { clearFind(); showError(''); });
+  app.ready = true;
+  status(ready());
+  registerServiceWorker().catch((err) => console.warn('service worker:', err));
+}
+
+main();

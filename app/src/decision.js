@@ -1,0 +1,292 @@
+// The page's answer from the model's outputs: a mirror of predict.py's decision, kept small.
+//   mushroom/litert.py    -> quantizeInput, dequantize (same rounding, same float32 outputs)
+//   mushroom/openset.py   -> logProbs, unknownScore, fuse, findScore
+//   mushroom/advice.py    -> advise (verdict rules, reasons word for word, look-alikes, certainty)
+// Everything the rules need from the model folder and the config comes from model.json (built by
+// mushroom/app.py); look-alikes arrive already resolved by advice.look_alike_table, so there is no
+// species-table logic here. tests/test_app.py runs this file under Node against advise() on
+// thousands of cases (the parity guard); change both sides together.
+// Pure functions, no DOM: the page (app.js) and Node import the same module.
+
+const PRECISION = 1e-6;   // advice._SUM_TOLERANCE: renormalise only when off by more than this
+
+// --- numbers as Python prints them ---------------------------------------------------------------------
+// Python's format rounds half to even on exact binary ties; toFixed rounds them up. toFixed(100)
+// is the exact decimal expansion of every double of the size printed here, so ties are detectable.
+export function fixed(x, digits) {
+  const s = x.toFixed(digits);
+  const exact = Math.abs(x).toFixed(100);
+  const dot = exact.indexOf('.');
+  const rest = exact.slice(dot + 1 + digits);
+  if (/^50*$/.test(rest)) {
+    const kept = exact.slice(0, digits ? dot + 1 + digits : dot);
+    if (Number(kept[kept.length - 1]) % 2 === 0) return (x < 0 ? '-' : '') + kept;
+  }
+  return s;
+}
+
+// Python's format(x, f'.{p}g'): p significant digits, trailing zeros dropped, exponent form
+// ('2.84e+03') when the exponent is below -4 or at least p.
+export function formatG(x, p = 6) {
+  if (x === 0) return Object.is(x, -0) ? '-0' : '0';
+  if (!Number.isFinite(x)) return Number.isNaN(x) ? 'nan' : (x > 0 ? 'inf' : '-inf');
+  const [mant, e] = x.toExponential(p - 1).split('e');
+  const exp = Number(e);
+  const strip = (s) => (s.includes('.') ? s.replace(/0+$/, '').replace(/\.$/, '') : s);
+  if (exp < -4 || exp >= p) {
+    return `${strip(mant)}e${exp < 0 ? '-' : '+'}${String(Math.abs(exp)).padStart(2, '0')}`;
+  }
+  return strip(fixed(x, p - 1 - exp));
+}
+
+const threshold = (t) => `${formatG(100 * t)}%`;          // advice._threshold
+
+export function pct(p, near = null) {                      // advice._pct
+  let text = '';
+  for (let d = 1; d < 7; d++) {
+    text = fixed(100 * p, d);
+    if (near === null || p === near || text !== fixed(100 * near, d)) break;
+  }
+  return `${text}%`;
+}
+
+// --- tensors (mushroom/litert.py) -------------------------------------------------------------------------
+const RANGES = {uint8: [0, 255], int8: [-128, 127], int16: [-32768, 32767]};
+
+// Python's round(): half to even.
+export function roundHalfEven(x) {
+  const r = Math.round(x);
+  return (Math.abs(x % 1) === 0.5 && r % 2 !== 0) ? r - 1 : r;
+}
+
+// litert.quantize_input: round(x / scale + zero_point), clipped to the dtype's range.
+export function quantizeInput(pixels, scale, zeroPoint, dtype) {
+  const [lo, hi] = RANGES[dtype] || [-Infinity, Infinity];
+  const out = dtype === 'int8' ? new Int8Array(pixels.length) : dtype === 'uint8' ? new Uint8Array(pixels.length)
+    : new Float32Array(pixels.length);
+  if (!(dtype in RANGES)) { out.set(pixels); return out; }
+  for (let i = 0; i < pixels.length; i++) {
+    const q = roundHalfEven(scale ? pixels[i] / scale + zeroPoint : pixels[i]);
+    out[i] = q < lo ? lo : q > hi ? hi : q;
+  }
+  return out;
+}
+
+// litert.dequantize_output: (q - zero_point) * scale in float64, stored as float32 (then read
+// back as float64 by prediction.Forager.outputs).
+export function dequantize(q, scale, zeroPoint) {
+  const out = new Float64Array(q.length);
+  for (let i = 0; i < q.length; i++) out[i] = Math.fround(scale ? (q[i] - zeroPoint) * scale : q[i]);
+  return out;
+}
+
+// --- probabilities and unknown-species scores (mushroom/openset.py) -------------------------------------
+function logSumExp(z) {
+  let m = -Infinity;
+  for (const v of z) if (v > m) m = v;
+  let s = 0;
+  for (const v of z) s += Math.exp(v - m);
+  return m + Math.log(s);
+}
+
+export function logProbs(logits, temperature) {
+  const t = temperature || 1.0;
+  const z = Array.from(logits, (v) => v / t);
+  const lse = logSumExp(z);
+  return z.map((v) => v - lse);
+}
+
+export function probabilities(logits, temperature) {
+  return logProbs(logits, temperature).map(Math.exp);
+}
+
+// stats: {dim, mw (Float64Array C*D), mwNorm (Float64Array C), whiten (Float32Array), layout}
+export function mahalanobis(embedding, stats) {
+  const D = stats.dim;
+  const xw = new Float64Array(D);
+  const w = stats.whiten;
+  if (stats.layout === 'lower') {          // row i holds W[i][0..i]
+    let k = 0;
+    for (let i = 0; i < D; i++) {
+      const xi = embedding[i];
+      for (let j = 0; j <= i; j++) xw[j] += xi * w[k++];
+    }
+  } else {
+    for (let i = 0; i < D; i++) {
+      const xi = embedding[i];
+      for (let j = 0; j < D; j++) xw[j] += xi * w[i * D + j];
+    }
+  }
+  let sq = 0;
+  for (let j = 0; j < D; j++) sq += xw[j] * xw[j];
+  let best = Infinity;
+  for (let c = 0; c < stats.classes; c++) {
+    let dot = 0;
+    for (let j = 0; j < D; j++) dot += xw[j] * stats.mw[c * D + j];
+    const d = Math.max(sq - 2 * dot + stats.mwNorm[c], 0);
+    if (d < best) best = d;
+  }
+  return best;
+}
+
+export function unknownScore(name, outputs, temperature, stats) {
+  const t = temperature || 1.0;
+  const z = outputs.logits;
+  if (name === 'msp') return 1.0 - Math.exp(Math.max(...logProbs(z, t)));
+  if (name === 'energy') return -t * logSumExp(Array.from(z, (v) => v / t));
+  if (name === 'max_logit') return -Math.max(...z);
+  if (name === 'mahalanobis') {
+    if (!stats || !outputs.embedding) throw new Error('the Mahalanobis score needs the embedding and openset.bin');
+    return mahalanobis(outputs.embedding, stats);
+  }
+  throw new Error(`unknown score ${name}`);
+}
+
+// openset.fuse: the mean of the photos' logits (times n for "sum").
+export function fuse(outputsList, how) {
+  const n = outputsList.length;
+  const C = outputsList[0].logits.length;
+  const z = new Float64Array(C);
+  for (const o of outputsList) for (let i = 0; i < C; i++) z[i] += o.logits[i];
+  for (let i = 0; i < C; i++) z[i] = (z[i] / n) * (how === 'sum' ? n : 1);
+  return z;
+}
+
+// The answer for one find (one or several photos of one mushroom), as Forager._answer gives it.
+export function answerFind(bundle, outputsList, stats, image = null) {
+  const logits = outputsList.length > 1 ? fuse(outputsList, bundle.fusion) : outputsList[0].logits;
+  const probs = probabilities(logits, bundle.temperature);
+  let unknown = null;
+  const os = bundle.open_set;
+  if (os) {
+    let s = 0;
+    for (const o of outputsList) s += unknownScore(os.score, o, bundle.temperature, stats);
+    unknown = {score: s / outputsList.length, threshold: os.threshold, name: os.score, recall: os.unknown_recall};
+  }
+  return advise(probs, bundle, unknown, image);
+}
+
+// --- the verdict (mushroom/advice.py) ----------------------------------------------------------------------
+export function advise(probsIn, bundle, unknown = null, image = null) {
+  const classes = bundle.classes;
+  const cfg = bundle.predict;
+  const edible = new Set(bundle.grades.edible);
+  const dangerous = new Set(bundle.grades.dangerous);
+  const meaning = bundle.grades.meaning;
+  const UNKNOWN_EDIBILITY = bundle.text.unknown_edibility;
+  if (probsIn.length !== classes.length) throw new Error(`expected ${classes.length} class probabilities`);
+  let p = Array.from(probsIn);
+  const total = p.reduce((a, b) => a + b, 0);
+  if (Math.abs(total - 1.0) > PRECISION) p = p.map((v) => v / total);
+  const topK = cfg.top_k;
+  const edibleT = cfg.edible_threshold, dangerT = cfg.danger_threshold, notEdibleT = cfg.not_edible_threshold;
+  const isEdible = (s) => edible.has(s.edibility);
+  const isDangerous = (s) => dangerous.has(s.edibility);
+  const label = (s) => (s.common_name ? `${s.name} (${s.common_name})` : s.name);
+  const gradeSentence = (s) => (s.edibility === 'caution'
+    ? `${s.name} is graded caution: ${s.notes || meaning.caution}.`
+    : `${s.name} is graded ${s.edibility}: ${meaning[s.edibility]}.`);
+  const noteSentence = (s) => (s.notes && s.edibility !== 'caution' ? [`The species table adds for ${s.name}: ${s.notes}.`] : []);
+  const risky = (la) => dangerous.has(la.edibility) || la.edibility === UNKNOWN_EDIBILITY;
+  const unseenDanger = (la) => risky(la) && !la.in_model;
+  const probOf = (name) => p[classes.findIndex((c) => c.name === name)];
+
+  // np.argsort(-p, kind="stable"): ties keep class order
+  const order = p.map((_, i) => i).sort((i, j) => (p[j] - p[i]) || (i - j));
+  const top = order.slice(0, topK).map((i) => ({species: classes[i].name, common_name: classes[i].common_name,
+    probability: p[i], edibility: classes[i].edibility, notes: classes[i].notes}));
+  const best = classes[order[0]], p1 = p[order[0]];
+
+  const lookAlikes = [];
+  order.slice(0, topK).forEach((i, rank) => {
+    if (rank > 0 && p[i] <= dangerT) return;
+    for (const la of classes[i].look_alikes) lookAlikes.push(la);
+  });
+  const bestRisky = lookAlikes.filter((la) => la.of_species === best.name && risky(la));
+  const blockers = order.slice(1).filter((i) => isDangerous(classes[i]) && p[i] > dangerT).map((i) => [classes[i], p[i]]);
+  const unseen = lookAlikes.filter((la) => la.of_species === best.name && unseenDanger(la));
+
+  const lookAlikeSentence = (la, of) => {
+    const name = la.name + (la.note ? ` (${la.note})` : '');
+    if (!la.in_table) {
+      return `${of.name} has a look-alike, ${name}, that is not in the species table, so the model cannot rule it out; check for it in person before eating.`;
+    }
+    const desc = `${name}, ${la.common_name}, graded ${la.edibility}`;
+    if (!la.in_model) {
+      return `${of.name} has a dangerous look-alike, ${desc}, that this model was not trained on, so it cannot rule it out; check for it in person before eating.`;
+    }
+    return `${of.name} has a dangerous look-alike, ${desc}, to which the model gives ${pct(probOf(la.name))}; rule it out in person before eating.`;
+  };
+
+  const reasons = [], rules = [];
+  let verdict;
+  const flagged = unknown !== null && unknown.score >= unknown.threshold;
+  if (flagged) {
+    verdict = 'unknown';
+    rules.push('unknown_species');
+    const share = unknown.recall ? `, which flags ${threshold(unknown.recall)} of photos of species it never learnt` : '';
+    reasons.push(`This photo does not look like any of the ${classes.length} species this model knows: its unknown-species score is ${formatG(unknown.score, 3)}, at or above the threshold ${formatG(unknown.threshold, 3)}${share}. It may be a species the model cannot name; the list shows only what it resembles most.`);
+    reasons.push('Do not eat this mushroom: the model does not know it.');
+  } else if (isEdible(best) && p1 >= edibleT && !blockers.length && !unseen.length) {
+    verdict = 'edible';
+    rules.push('confident_edible');
+    reasons.push(`The most likely species is ${label(best)} with a calibrated probability of ${pct(p1, edibleT)}, at or above the ${threshold(edibleT)} needed before a mushroom may be called edible.`);
+    reasons.push(gradeSentence(best));
+    reasons.push(...noteSentence(best));
+    reasons.push(`No poisonous or deadly species holds more than ${threshold(dangerT)} probability.`);
+    reasons.push(...bestRisky.map((la) => lookAlikeSentence(la, best)));
+  } else if (!isEdible(best) && p1 >= notEdibleT) {
+    verdict = 'not_edible';
+    rules.push('confident_not_edible');
+    reasons.push(`The most likely species is ${label(best)} with a calibrated probability of ${pct(p1, notEdibleT)}, at or above the ${threshold(notEdibleT)} needed to say with confidence that it is not edible.`);
+    reasons.push(gradeSentence(best));
+    reasons.push(...noteSentence(best));
+    reasons.push(`Do not eat this mushroom: the model recognises a species that is ${best.edibility}.`);
+  } else {
+    verdict = 'uncertain';
+    if (isEdible(best) && p1 < edibleT) {
+      rules.push('low_certainty');
+      reasons.push(`The most likely species, ${label(best)}, graded ${best.edibility}, has a calibrated probability of only ${pct(p1, edibleT)}, below the ${threshold(edibleT)} needed before a mushroom may be called edible.`);
+    } else if (isEdible(best) && blockers.length) {
+      reasons.push(`The most likely species, ${label(best)}, graded ${best.edibility}, has a calibrated probability of ${pct(p1, edibleT)}, but a poisonous or deadly species holds too much probability to rule it out.`);
+    } else if (isEdible(best)) {
+      reasons.push(`The most likely species, ${label(best)}, graded ${best.edibility}, has a calibrated probability of ${pct(p1, edibleT)}, but it has a dangerous look-alike that this model was never trained on.`);
+    } else {
+      rules.push('low_certainty');
+      reasons.push(`The most likely species, ${label(best)}, graded ${best.edibility}, has a calibrated probability of only ${pct(p1, notEdibleT)}, below the ${threshold(notEdibleT)} needed to name it with confidence.`);
+    }
+    if (blockers.length) rules.push('dangerous_probability');
+    for (const [s, q] of blockers) {
+      reasons.push(`${label(s)}, graded ${s.edibility}, holds ${pct(q, dangerT)} probability, above the ${threshold(dangerT)} that rules out calling this mushroom edible.`);
+    }
+    if (isEdible(best) && unseen.length) {
+      rules.push('unknown_look_alike');
+      for (const la of unseen) {
+        const what = (la.in_table ? `graded ${la.edibility}` : 'not in the species table') + (la.note ? ` (${la.note})` : '');
+        reasons.push(`${best.name} has a look-alike, ${la.name}, ${what}, that this model was never trained on: it cannot tell the two apart from a photo, so it never calls ${best.name} edible.`);
+      }
+    }
+    reasons.push('Do not eat this mushroom: the model is not certain enough to call it edible.');
+  }
+  if (unknown === null) {
+    reasons.push('No unknown-species threshold was fitted for this model (run evaluate.py): it cannot tell when a photo shows a species it does not know.');
+  }
+  reasons.push(bundle.text.reminder);
+  const level = p1 >= edibleT ? 'high' : p1 >= notEdibleT ? 'medium' : 'low';
+  return {
+    image,
+    top5: top.map(({species, common_name, probability, edibility}) => ({species, common_name, probability, edibility})),
+    certainty: {probability: p1, level},
+    verdict,
+    reasons,
+    rules,
+    look_alikes: lookAlikes.map(({name, of_species, edibility, in_model, note}) => ({name, of_species, edibility, in_model, note})),
+    unknown_score: unknown === null ? null : unknown.score,
+    unknown_threshold: unknown === null ? null : unknown.threshold,
+    unknown_flagged: flagged,
+    known_species: classes.length,
+  };
+}
+
+export const VERDICT_TEXT = {edible: 'EDIBLE', not_edible: 'NOT EDIBLE', uncertain: 'UNCERTAIN - DO NOT EAT',
+  unknown: 'UNKNOWN SPECIES - DO NOT EAT'};

@@ -1,0 +1,301 @@
+"""The phone page (app/): a static site that runs the int8 model in the browser (LiteRT.js) and
+gives predict.py's answer offline. This module builds it; the page's own code is app/src/.
+
+    bundle = build_app(cfg, "models/demo-mobilenet_v2", "app/dist")   # what `make app` runs
+    fixed = fix_batch(Path("qat_int8.tflite").read_bytes())           # batch 1, for LiteRT.js
+
+What the page needs to give the same answer as predict.py, and where it comes from:
+- the model file with a fixed batch of 1 (LiteRT.js rejects a dynamic batch dimension, and a
+  converted Keras model has -1 there): the same bytes with shape_signature set to the allocated
+  shape, checked to give identical outputs in LiteRT;
+- `model.json`: classes with their look-alikes resolved by advice.py (so the page needs no species
+  table logic), temperature, predict thresholds, the unknown-species score and its threshold, the
+  fusion rule, each tensor's quantization parameters (LiteRT.js exposes none) and the texts;
+- `openset.bin` when the unknown-species score is Mahalanobis: the whitening matrix (lower
+  triangle, float32, as predict.py reads it from the npz) and the class means already multiplied
+  by it (float64, computed here exactly as openset.mahalanobis does), so the page does one
+  triangular product per photo;
+- LiteRT.js and its two plain .wasm builds (relaxed SIMD, and compat for browsers without it;
+  not the threaded build, which needs COOP/COEP headers a static host may not send);
+- a web manifest, icons and a service worker whose precache list and cache name come from the
+  built files' hashes, so a rebuilt model replaces the cached one.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from mushroom.advice import GRADE_MEANING, JSON_KEYS, REMINDER, RULES, UNKNOWN_EDIBILITY, VERDICTS, look_alike_table
+from mushroom.config import PROJECT_ROOT, Config
+from mushroom.errors import UserError
+from mushroom.modelio import output_role, read_meta, read_temperature
+from mushroom.species import DANGEROUS_GRADES, EDIBLE_GRADES, Species, graded_species
+
+APP_DIR = PROJECT_ROOT / "app"
+SRC_DIR = APP_DIR / "src"
+NODE_MODULES = APP_DIR / "node_modules"
+DIST_DIR = APP_DIR / "dist"
+MODEL_FILE = "model.tflite"
+BUNDLE_FILE = "model.json"
+OPENSET_FILE = "openset.bin"
+SW_FILE = "sw.js"
+# Page sources copied as they are (sw.js is filled in: its cache name and precache list).
+PAGE_FILES = ("index.html", "app.css", "app.js", "decision.js", "preprocess.js", "manifest.webmanifest")
+# LiteRT.js: its ES module imports the wasm loader by a bare package name, which a browser cannot
+# resolve without a bundler; the copy imports it by relative path instead.
+RUNTIME_JS = ("@litertjs/core/dist/index.js", "litert.js")
+RUNTIME_UTILS = ("@litertjs/wasm-utils/dist/index.js", "litert-wasm-utils.js")
+BARE_IMPORT = '"@litertjs/wasm-utils"'
+WASM_DIR = "wasm"
+WASM_SIMD = ("litert_wasm_internal.js", "litert_wasm_internal.wasm")
+WASM_COMPAT = ("litert_wasm_compat_internal.js", "litert_wasm_compat_internal.wasm")
+# The Tensor table's shape_signature field (schema.fbs: Tensor field 7 -> vtable offset 4 + 2 * 7).
+_SHAPE_SIGNATURE_VT = 18
+_INT_DTYPES = {np.uint8: "uint8", np.int8: "int8", np.int16: "int16", np.int32: "int32", np.float32: "float32"}
+
+
+# --- the model file ---------------------------------------------------------------------------------
+def fix_batch(data: bytes) -> tuple[bytes, int]:
+    """(the same .tflite bytes with every dynamic dimension of every tensor's shape_signature set to
+    its allocated size, how many were changed). Patched in place, so weights, buffers and offsets
+    stay byte-identical; a file without a dynamic dimension comes back unchanged."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = bytearray(data)
+    model = schema.Model.GetRootAs(buf, 0)
+    changed = 0
+    int32 = flatbuffers.number_types.Int32Flags
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for t in range(graph.TensorsLength()):
+            tensor = graph.Tensors(t)
+            if tensor.ShapeSignatureLength() == 0:
+                continue
+            shape, signature = tensor.ShapeAsNumpy(), tensor.ShapeSignatureAsNumpy()
+            start = tensor._tab.Vector(tensor._tab.Offset(_SHAPE_SIGNATURE_VT))
+            for j, (size, sig) in enumerate(zip(shape.tolist(), signature.tolist())):
+                if sig != -1:
+                    continue
+                pos = start + 4 * j
+                if flatbuffers.encode.Get(int32.packer_type, buf, pos) != -1:  # the field is where the schema says
+                    raise UserError("unexpected .tflite layout: shape_signature not found where the schema puts it")
+                flatbuffers.encode.Write(int32.packer_type, buf, pos, int(size))
+                changed += 1
+    return bytes(buf), changed
+
+
+def check_same_outputs(original: Path, fixed: Path, n: int = 4, seed: int = 0) -> float:
+    """Run both files in LiteRT on the same random images; the largest |difference| of any output
+    (0.0 expected: only the shape metadata differs). Raises UserError otherwise."""
+    from mushroom.litert import TFLiteModel
+
+    a, b = TFLiteModel(original, num_threads=1), TFLiteModel(fixed, num_threads=1)
+    if a.roles != b.roles:
+        raise UserError(f"{fixed} gives outputs {b.roles}, the original {a.roles}")
+    images = np.random.default_rng(seed).integers(0, 256, (n, a.input_size, a.input_size, 3), dtype=np.uint8)
+    out_a, out_b = a.run(images), b.run(images)
+    worst = max(float(np.max(np.abs(out_a[r].astype(np.float64) - out_b[r]))) for r in a.roles)
+    if worst != 0.0:
+        raise UserError(f"{fixed} differs from {original} by up to {worst} after fixing the batch size")
+    return worst
+
+
+def tensor_details(path: Path) -> dict:
+    """Input and outputs by role as the page needs them: signature names (LiteRT.js returns outputs
+    by them), dtype, shape and quantization (LiteRT.js exposes no scale or zero point)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    signatures = interpreter.get_signature_list()
+    if len(signatures) != 1:
+        raise UserError(f"{path} has {len(signatures)} signatures; the page runs a file with exactly one")
+    key = next(iter(signatures))
+    runner = interpreter.get_signature_runner(key)
+
+    def describe(name: str, d: dict) -> dict:
+        scale, zero_point = d["quantization"]
+        return {"name": name, "dtype": _INT_DTYPES.get(np.dtype(d["dtype"]).type, str(np.dtype(d["dtype"]))),
+                "shape": [int(x) for x in d["shape"]], "shape_signature": [int(x) for x in d["shape_signature"]],
+                "scale": float(scale), "zero_point": int(zero_point)}
+
+    inputs = runner.get_input_details()
+    if len(inputs) != 1:
+        raise UserError(f"{path} has {len(inputs)} inputs, not one image")
+    (in_name, in_details), = inputs.items()
+    outputs = {}
+    for name, d in runner.get_output_details().items():
+        role = output_role(name)
+        if role is not None:
+            outputs[role] = describe(name, d)
+    if "probs" not in outputs or "logits" not in outputs:
+        raise UserError(f"{path} does not name its probabilities and logits outputs (head_probs, head_logits): "
+                        "re-export it with quantize_qat.py --force")
+    return {"signature": key, "input": describe(in_name, in_details), "outputs": outputs}
+
+
+# --- the unknown-species statistics ---------------------------------------------------------------------
+def openset_binary(stats: dict) -> tuple[bytes, dict]:
+    """(openset.bin, its layout for model.json) for a Mahalanobis score. Layout: class means times
+    the whitening matrix (float64, C x D), their squared norms (float64, C), then the whitening
+    matrix W itself (float32 as stored; only its lower triangle, row by row, when W is lower
+    triangular as a Cholesky factor is; else all of it). The page computes x W and then
+    |xW|^2 - 2 xW.mW + |mW|^2, the terms of openset.mahalanobis, with mW and |mW|^2 bit-identical
+    to predict.py's. Classes without training photos (NaN means) are left out, as there."""
+    w32 = np.asarray(stats["whiten"], np.float32)
+    w = w32.astype(np.float64)
+    means = np.asarray(stats["means"], np.float64)
+    means = means[np.all(np.isfinite(means), axis=1)]
+    mw = means @ w
+    norms = (mw ** 2).sum(1)
+    lower = bool(np.all(np.triu(w32, 1) == 0))
+    tri = w32[np.tril_indices(w32.shape[0])] if lower else w32.ravel()
+    parts = [np.ascontiguousarray(mw, "<f8").tobytes(), np.ascontiguousarray(norms, "<f8").tobytes(),
+             np.ascontiguousarray(tri, "<f4").tobytes()]
+    layout = {"file": OPENSET_FILE, "dim": int(w.shape[0]), "classes": int(len(means)),
+              "whiten_layout": "lower" if lower else "full",
+              "offsets": {"mw": 0, "mw_norm": len(parts[0]), "whiten": len(parts[0]) + len(parts[1])},
+              "bytes": sum(len(p) for p in parts)}
+    return b"".join(parts), layout
+
+
+# --- the JSON the page reads ---------------------------------------------------------------------------
+def bundle(cfg: Config, folder: Path, fmt: str, details: dict, open_set: dict | None, fusion: str | None,
+           openset_layout: dict | None) -> dict:
+    """model.json: everything predict.py reads from the model folder and the config, for one format."""
+    meta = read_meta(folder)
+    classes = [Species.from_dict(s) for s in meta["species"]]
+    table = graded_species(cfg)
+    resolved = look_alike_table(classes, table)
+    out = {
+        "format_version": 1,
+        "model": {"file": MODEL_FILE, "folder": folder.name, "format": fmt, "image_size": int(meta["image_size"]),
+                  **details},
+        "classes": [{"name": s.name, "common_name": s.common_name, "edibility": s.edibility, "notes": s.notes,
+                     "look_alikes": resolved[s.name]} for s in classes],
+        "temperature": read_temperature(folder, fmt),
+        "predict": {k: cfg.predict[k] for k in ("top_k", "edible_threshold", "danger_threshold", "not_edible_threshold")},
+        "open_set": None,
+        "fusion": fusion or "mean",
+        "grades": {"edible": list(EDIBLE_GRADES), "dangerous": list(DANGEROUS_GRADES), "meaning": dict(GRADE_MEANING)},
+        "text": {"reminder": REMINDER, "unknown_edibility": UNKNOWN_EDIBILITY},
+        "rules": list(RULES), "verdicts": list(VERDICTS), "answer_keys": list(JSON_KEYS),
+    }
+    if open_set is not None:
+        out["open_set"] = {"score": open_set["score"], "threshold": float(open_set["threshold"]),
+                           "unknown_recall": open_set.get("unknown_recall"), "stats": openset_layout}
+    return out
+
+
+# --- the site ------------------------------------------------------------------------------------------
+def _copy_runtime(dist: Path, node_modules: Path) -> None:
+    missing = [p for p in (RUNTIME_JS[0], RUNTIME_UTILS[0]) if not (node_modules / p).is_file()]
+    if missing:
+        raise UserError(f"LiteRT.js is not installed ({node_modules / missing[0]} missing): run `npm ci` in app/ "
+                        "(make app does)")
+    js = (node_modules / RUNTIME_JS[0]).read_text(encoding="utf-8")
+    if js.count(BARE_IMPORT) != 1:
+        raise UserError(f"{RUNTIME_JS[0]} imports {BARE_IMPORT} {js.count(BARE_IMPORT)} times, not once: "
+                        "this LiteRT.js version is not the pinned one (app/package-lock.json)")
+    (dist / RUNTIME_JS[1]).write_text(js.replace(BARE_IMPORT, f'"./{RUNTIME_UTILS[1]}"'), encoding="utf-8")
+    shutil.copyfile(node_modules / RUNTIME_UTILS[0], dist / RUNTIME_UTILS[1])
+    (dist / WASM_DIR).mkdir()
+    for name in WASM_SIMD + WASM_COMPAT:
+        shutil.copyfile(node_modules / "@litertjs/core/wasm" / name, dist / WASM_DIR / name)
+
+
+def _icons(dist: Path) -> None:
+    """Home-screen icons (192 and 512 px PNG, what browsers require to install a page): a mushroom
+    drawn with Pillow, so the repository holds no binary icon."""
+    from PIL import Image, ImageDraw
+
+    for size in (192, 512):
+        img = Image.new("RGB", (size, size), (46, 84, 52))
+        d = ImageDraw.Draw(img)
+        s = size / 192
+        d.pieslice([28 * s, 40 * s, 164 * s, 150 * s], 180, 360, fill=(196, 62, 44))
+        for cx, cy, r in ((70, 75, 9), (110, 68, 7), (130, 88, 6), (88, 56, 5)):
+            d.ellipse([(cx - r) * s, (cy - r) * s, (cx + r) * s, (cy + r) * s], fill=(250, 240, 225))
+        d.rounded_rectangle([80 * s, 94 * s, 112 * s, 160 * s], radius=10 * s, fill=(240, 228, 205))
+        img.save(dist / f"icon-{size}.png", optimize=True)
+
+
+def _fill_service_worker(dist: Path) -> str:
+    """Write sw.js with the precache list (every built file but the .wasm builds, of which the page
+    caches the one its browser loads: 9 MB each) and a cache name from their hashes."""
+    files = sorted(p.relative_to(dist).as_posix() for p in dist.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for rel in files:
+        digest.update(rel.encode() + b"\0" + (dist / rel).read_bytes())
+    version = digest.hexdigest()[:16]
+    wasm = {f"{WASM_DIR}/{n}" for n in WASM_SIMD + WASM_COMPAT}
+    precache = ["./"] + [f for f in files if f not in wasm and f != "index.html"] + ["index.html"]
+    sw = (SRC_DIR / SW_FILE).read_text(encoding="utf-8")
+    for key, value in (("__CACHE_VERSION__", version), ("__PRECACHE__", json.dumps(precache))):
+        if key not in sw:
+            raise UserError(f"{SRC_DIR / SW_FILE} lacks its {key} placeholder")
+        sw = sw.replace(key, value if key == "__PRECACHE__" else json.dumps(value)[1:-1])
+    (dist / SW_FILE).write_text(sw, encoding="utf-8")
+    return version
+
+
+def site_bytes(dist: Path, wasm_build: tuple[str, str] = WASM_SIMD) -> dict:
+    """What a phone downloads on its first visit: every file the service worker precaches plus one
+    .wasm build (the relaxed-SIMD one by default), raw and gzipped (level 9, as a static server
+    with compression would send)."""
+    skip = {f"{WASM_DIR}/{n}" for n in WASM_SIMD + WASM_COMPAT if n not in wasm_build}
+    total = gz = 0
+    by_file = {}
+    for p in sorted(dist.rglob("*")):
+        rel = p.relative_to(dist).as_posix()
+        if not p.is_file() or rel in skip:
+            continue
+        data = p.read_bytes()
+        z = len(gzip.compress(data, 9, mtime=0))
+        by_file[rel] = (len(data), z)
+        total, gz = total + len(data), gz + z
+    return {"total": total, "gzip": gz, "files": by_file}
+
+
+def build_app(cfg: Config, folder: str | Path, fmt: str, dist: str | Path = DIST_DIR,
+              node_modules: str | Path = NODE_MODULES) -> dict:
+    """Write the static site for one model folder and format to `dist` (emptied first). Returns a
+    summary: files, bytes, what was checked."""
+    from mushroom.modelio import OPEN_SET_STATS_DIR, TFLITE_DIR
+    from mushroom.prediction import read_open_set
+
+    folder, dist, node_modules = Path(folder), Path(dist), Path(node_modules)
+    source = folder / TFLITE_DIR / f"{fmt}.tflite"
+    if not source.is_file():
+        raise UserError(f"{source} does not exist: run quantize_qat.py {folder} first")
+    if dist.exists():
+        shutil.rmtree(dist)
+    dist.mkdir(parents=True)
+    fixed, changed = fix_batch(source.read_bytes())
+    (dist / MODEL_FILE).write_bytes(fixed)
+    worst = check_same_outputs(source, dist / MODEL_FILE)
+    details = tensor_details(dist / MODEL_FILE)
+    if details["input"]["shape_signature"][0] != 1:
+        raise UserError(f"{dist / MODEL_FILE} still has a dynamic batch dimension")
+    record, stats, fusion = read_open_set(folder, fmt)
+    layout = None
+    if record is not None and record["score"] == "mahalanobis":
+        if stats is None:
+            raise UserError(f"{folder / OPEN_SET_STATS_DIR / (fmt + '.npz')} is missing: rerun evaluate.py on {folder}")
+        data, layout = openset_binary(stats)
+        (dist / OPENSET_FILE).write_bytes(data)
+    (dist / BUNDLE_FILE).write_text(json.dumps(bundle(cfg, folder, fmt, details, record, fusion, layout),
+                                               indent=1, allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8")
+    for name in PAGE_FILES:
+        shutil.copyfile(SRC_DIR / name, dist / name)
+    _copy_runtime(dist, node_modules)
+    _icons(dist)
+    version = _fill_service_worker(dist)
+    return {"dist": dist, "source": source, "dynamic_dims_fixed": changed, "max_output_diff": worst,
+            "cache_version": version, "open_set": None if record is None else record["score"],
+            "bytes": site_bytes(dist)}
