@@ -410,6 +410,8 @@ def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="YAML config (default: config.yaml; the demo uses configs/demo.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set train.batch_size=8 (repeatable)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's start-up lines and library logs (hidden by default)")
     return parser
 
 
@@ -426,4 +428,6 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) ->
     """Parse the command line (with --config/--set added) and load the config it names."""
     add_config_args(parser)
     args = parser.parse_args(argv)
+    if args.verbose:   # read by mushroom.keras_env and tracking, here and in every child process
+        os.environ["MUSHROOM_VERBOSE"] = "1"
     return args, config_from_args(args)

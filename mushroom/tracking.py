@@ -83,7 +83,23 @@ def start_run(cfg: Config, job_type: str, name: str | None = None, dir: str | os
             warn(f"could not start an online W&B run ({first}); logging offline instead "
                  "(upload later with `wandb sync`)")
             mode = "offline"
-    return wandb.init(mode=mode, **kwargs)
+    run = wandb.init(mode=mode, settings=_quiet_settings(mode), **kwargs)
+    if mode == "offline" and not _verbose():
+        print(f"W&B: offline run in {run.dir.rsplit('/files', 1)[0]} (upload later with `wandb sync <that folder>`)",
+              flush=True)
+    return run
+
+
+def _verbose() -> bool:
+    return os.environ.get("MUSHROOM_VERBOSE", "") not in ("", "0")
+
+
+def _quiet_settings(mode: str):
+    """Offline, wandb prints a dozen lines per run (banner, sync hints, run summary) around the
+    stage's own output; the one line start_run prints says what matters. --verbose keeps them."""
+    import wandb
+
+    return wandb.Settings(silent=mode == "offline" and not _verbose())
 
 
 def log(run, metrics: dict, step: int | None = None) -> None:

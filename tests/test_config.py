@@ -31,7 +31,7 @@ def test_interval_keys_default_and_override():
 
 def test_demo_config_extends_main_and_overrides():
     cfg = load_config(PROJECT_ROOT / "configs/demo.yaml", ["train.batch_size=8", "model.weights=null"])
-    assert cfg.image.size == 128
+    assert cfg.image.size == 192
     assert cfg.train.batch_size == 8
     assert cfg.model.weights is None
     assert cfg.wandb.project == "mushroom-quantization"  # inherited

@@ -93,6 +93,19 @@ def test_cli_json_and_bad_inputs(tiny_model_folder, tmp_path):
     assert errors[2].count("missing.jpg") == 1 and "does not exist" in errors[2]
 
 
+def test_cli_piped_into_a_reader_that_stops_exits_quietly(tiny_model_folder):
+    """`predict.py ... --json | head -1`: the reader closes the pipe before the answers are
+    written (here: before the model is even loaded), so every write fails with EPIPE."""
+    t = tiny_model_folder
+    cmd = [sys.executable, "predict.py", t["photos"] / "Boletus_edulis", "--json", "--model", t["folder"],
+           "--set", f"paths.reports_dir={t['root'] / 'noreports'}"]
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr and "Exception ignored" not in stderr
+
+
 def test_cli_text_answer_and_folder_input(tiny_model_folder):
     t = tiny_model_folder
     out = _predict(t, t["photos"] / "Boletus_edulis")
