@@ -10,6 +10,7 @@ Nothing here is needed to build or use the page; selenium is imported only when 
 """
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import shutil
@@ -141,3 +142,22 @@ def answer_photos(driver, photos, new_find: bool = True, timeout: float = 60.0) 
     return driver.execute_script(
         "const a = window.mushroomApp; const e = document.getElementById('error');"
         "return Object.assign({}, a.lastAnswer || {}, {error: e.hidden ? null : e.textContent});")
+
+
+def screenshot_360(driver, url, photos, path: str | os.PathLike, height: int = 780) -> dict:
+    """Emulate a 360 x `height` phone (device pixel ratio 2), answer the photos, save a screenshot
+    of the whole page to `path`; the page's widest content and whether the verdict shows."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": 360, "height": height, "deviceScaleFactor": 2, "mobile": True})
+    load_page(driver, url)
+    answer_photos(driver, photos)
+    width = driver.execute_script("return document.documentElement.scrollWidth")
+    full = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": 360, "height": int(full), "deviceScaleFactor": 2, "mobile": True})
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(base64.b64decode(shot["data"]))
+    visible = driver.execute_script("return !document.getElementById('answer').hidden")
+    return {"path": path, "scroll_width": width, "verdict_visible": visible}

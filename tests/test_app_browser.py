@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mushroom.browser import INSTALL_HINT, StaticServer, answer_photos, chromium, find_browser, load_page, wait_for
+from mushroom.browser import (INSTALL_HINT, StaticServer, answer_photos, chromium, find_browser, load_page,
+                              screenshot_360, wait_for)
 from mushroom.config import PROJECT_ROOT, load_config
+from mushroom.images import load_image
 from tests.conftest import SHARED_PHOTOS
 from tests.test_app import IN_CI, _with_open_set
 
@@ -151,10 +153,19 @@ def test_parity_with_predict(browser, site, tmp_path):
                            site["overrides"])
     with StaticServer(site["dist"]) as server:
         load_page(browser, server.url)
-        page = [answer_photos(browser, [p]) for p in photos]
+        page, inputs = [], []
+        for p in photos:
+            page.append(answer_photos(browser, [p]))
+            inputs.append(browser.execute_script("return Array.from(window.mushroomApp.lastInputs[0]);"))
         fused = answer_photos(browser, photos[:3])
     assert all(a["error"] is None for a in page)
     stats = compare(page, python)
+    # the model's input pixels, page vs images.load_image: equal for lossless PNG by construction;
+    # for JPEG they depend on Chromium's decoder matching Pillow's (reported)
+    same_pixels = [np.array_equal(np.asarray(x, np.uint8).reshape(32, 32, 3), load_image(p, 32))
+                   for p, x in zip(photos, inputs)]
+    assert all(s for p, s in zip(photos, same_pixels) if p.suffix == ".png")
+    stats["same_input_pixels"] = f"{sum(same_pixels)}/{len(same_pixels)}"
     print(f"\nparity, tiny model: {stats}")
     assert stats["top1"] >= 0.99 and stats["verdict"] >= 0.99 and stats["max_abs_dprob"] <= 0.01
     assert len(stats["verdicts"]) >= 2           # the thresholds make the answers differ
@@ -194,26 +205,6 @@ def test_readable_at_360_px(browser, site, tmp_path):
             browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     assert out["scroll_width"] <= 360 and out["verdict_visible"]
     assert Image.open(out["path"]).size[0] == 360 * 2
-
-
-def screenshot_360(driver, url, photos, path, height: int = 780) -> dict:
-    """Emulate a 360 x `height` phone (device pixel ratio 2), answer the photos, save a screenshot
-    of the whole page to `path`; the page's widest content and whether the verdict shows."""
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": 360, "height": height, "deviceScaleFactor": 2, "mobile": True})
-    load_page(driver, url)
-    answer_photos(driver, photos)
-    width = driver.execute_script("return document.documentElement.scrollWidth")
-    full = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": 360, "height": int(full), "deviceScaleFactor": 2, "mobile": True})
-    import base64
-
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(base64.b64decode(shot["data"]))
-    visible = driver.execute_script("return !document.getElementById('answer').hidden")
-    return {"path": path, "scroll_width": width, "verdict_visible": visible}
 
 
 def demo_test_photos() -> list:
