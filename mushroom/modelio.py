@@ -20,6 +20,9 @@ TEMPERATURE_FILE = "temperature.json"
 OPEN_SET_FILE = "open_set.json"          # unknown-species score and threshold per format (evaluate.py)
 OPEN_SET_STATS_DIR = "open_set"          # <format>.npz: class means / precision for a Mahalanobis score
 TFLITE_DIR = "tflite"
+# Training's per-epoch backup (Keras BackupAndRestore + best-weights bookkeeping) while a run is
+# unfinished; the finished model folder replaces the whole folder, so it never ships with one.
+BACKUP_DIR = "backup"
 
 # What a model (and each exported file) gives, by role -> the layer producing it. "probs" is the
 # model's own output; "logits" and "embedding" (the pooled features before dropout) feed the
@@ -43,6 +46,11 @@ def baseline_run_name(cfg) -> str:
     """The head-only baseline's folder name: '<experiment>-<baseline.model>-head' (never the same
     folder as the two-stage model, even on the same backbone)."""
     return f"{cfg.experiment}-{cfg.baseline.model}-head"
+
+
+def backup_dir(folder: str | os.PathLike) -> Path:
+    """Where an unfinished training run of this model folder keeps what a rerun resumes from."""
+    return Path(folder) / BACKUP_DIR
 
 
 def write_json(path: str | os.PathLike, data) -> None:

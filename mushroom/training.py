@@ -24,6 +24,8 @@ a training-time choice, and the next stage (QAT) decides its own.
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import math
 import os
 import shutil
@@ -39,6 +41,7 @@ import numpy as np
 from mushroom import dataset, models, modelio, tracking
 from mushroom.config import Config, add_config_args, load_config, save_resolved
 from mushroom.errors import UserError
+from mushroom.images import atomic_write
 from mushroom.keras_env import keras, tf
 from mushroom.manifest import manifest_path, read_manifest
 from mushroom.modelio import baseline_run_name, default_run_name  # noqa: F401  (the scripts' run names)
@@ -76,7 +79,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Only one worker of a multi-worker run writes the model folder and logs to W&B."""
+    """Only one worker of a multi-worker run writes the model folder, the backup and the W&B run."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not getattr(resolver, "task_type", None):
         return True
@@ -84,6 +87,47 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     if resolver.task_type == "chief":
         return True
     return "chief" not in spec and resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def worker_label(strategy: tf.distribute.Strategy) -> str:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return "this worker"
+    workers = sum(len(v) for k, v in resolver.cluster_spec().as_dict().items() if k in ("chief", "worker"))
+    return f"{resolver.task_type} {resolver.task_id} ({workers} workers)"
+
+
+def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Every worker reads the same seeded pipeline and keeps its part of each global batch.
+
+    Keras' AUTO policy would try to shard by file, find none (photos are decoded from a list of
+    paths) and fall back to this with a warning; said explicitly, and it is the policy that makes
+    a multi-worker step see exactly the global batch a single worker would."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def local_examples(strategy: tf.distribute.Strategy, ds: tf.data.Dataset) -> int:
+    """Examples one epoch of `ds` gives this worker's replicas once distributed as fit distributes it.
+    Every worker must call it (the distributed iterator agrees on the end of data collectively)."""
+    n = 0
+    for images, _ in strategy.experimental_distribute_dataset(ds):
+        n += sum(int(t.shape[0]) for t in strategy.experimental_local_results(images))
+    return n
+
+
+def check_same_everywhere(strategy: tf.distribute.Strategy, value: int, what: str) -> None:
+    """Raise unless every worker holds the same `value`: workers resuming from different epochs
+    would hang in their first all-reduce instead. All equal <=> mean(v^2) == mean(v)^2."""
+    if strategy.num_replicas_in_sync == 1:
+        return
+    v = float(value)
+    per_replica = strategy.run(lambda: tf.constant([v, v * v], tf.float64))
+    mean = strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None).numpy()
+    if abs(mean[1] - mean[0] ** 2) > 1e-6:
+        raise UserError(f"the workers disagree on {what} (this one: {value}): every worker must see the same "
+                        "backup folder (put paths.models_dir on storage all workers share) or none")
 
 
 # --- freezing ---------------------------------------------------------------------------------------
@@ -156,6 +200,9 @@ class BestKeeper(keras.callbacks.Callback):
     def start_stage(self, stage: int) -> None:
         self.stage, self._wait = stage, 0
 
+    def stopping(self) -> bool:
+        return self._wait >= self.patience
+
     def _better(self, acc: float, loss: float) -> bool:
         return self.best is None or acc > self.best[0] or (acc == self.best[0] and loss < self.best[1])
 
@@ -171,13 +218,37 @@ class BestKeeper(keras.callbacks.Callback):
             self._wait = 0
         else:
             self._wait += 1
-            if self._wait >= self.patience:
+            if self.stopping():
                 self.model.stop_training = True
 
     def restore(self) -> None:
         if self._variables is not None:
             for var, value in zip(self._variables, self._values):
                 var.assign(value)
+
+    # What a resumed run needs back, and what Keras' BackupAndRestore does not keep: it restores the
+    # model, the optimizer and the epoch counter, never a callback's own fields.
+    def state(self) -> dict:
+        return {"best": list(self.best) if self.best else None, "where": self.where, "stage": self.stage,
+                "wait": self._wait}
+
+    def best_weights(self) -> dict[str, np.ndarray]:
+        """The best weights by variable name (names, not order: the order follows trainable flags)."""
+        if self._variables is None:
+            return {}
+        names = [v.name for v in self._variables]
+        if len(set(names)) != len(names):
+            raise RuntimeError("model variable names are not unique: the best weights cannot be backed up by name")
+        return dict(zip(names, self._values))
+
+    def load_state(self, state: dict, weights: dict[str, np.ndarray]) -> None:
+        self.best = tuple(state["best"]) if state["best"] else None
+        self.where, self.stage, self._wait = state["where"], state["stage"], state["wait"]
+        self._variables = self._values = None
+        if weights:
+            by_name = {v.name: v for v in self.model.weights}
+            self._variables = [by_name[name] for name in weights]
+            self._values = list(weights.values())
 
 
 def recalibrate_batch_norm(model: keras.Model, batches) -> int:
@@ -232,6 +303,144 @@ class LearningRateLog(keras.callbacks.Callback):
             logs["lr"] = float(keras.backend.get_value(lr))
 
 
+# --- surviving an interruption ---------------------------------------------------------------------
+class Journal:
+    """The backup folder (modelio.backup_dir of the model folder) of an unfinished run:
+
+        state.json          the config fingerprint, the finished stages, and the last two epoch
+                            snapshots (history so far + BestKeeper's state)
+        best-s<S>-e<E>.npz  the best weights so far (found at stage S, epoch E), by variable name
+        stage<S>/           Keras' BackupAndRestore of the running stage: weights, optimizer, epoch
+
+    A snapshot is written just before BackupAndRestore's checkpoint of the same epoch, so a kill
+    between the two leaves the snapshot one epoch ahead: keeping two lets a rerun take the one that
+    matches the checkpoint it restores. Only the chief writes (`writer`); every worker reads."""
+
+    STATE = "state.json"
+
+    def __init__(self, folder: Path, fingerprint: dict, writer: bool):
+        self.folder, self.fingerprint, self.writer = Path(folder), fingerprint, writer
+        self.stages: list[dict] = []
+        self.snapshots: list[dict] = []
+        path = self.folder / self.STATE
+        if path.is_file():
+            state = json.loads(path.read_text(encoding="utf-8"))
+            if state.get("fingerprint") == fingerprint:
+                self.stages, self.snapshots = state["stages"], state["snapshots"]
+            else:
+                print(f"{self.folder} was backed up from another configuration or other photos: starting over",
+                      flush=True)
+                self.discard()
+        elif self.folder.is_dir() and writer:
+            self.discard()  # a stage checkpoint without a snapshot is no state we can rebuild
+
+    def discard(self) -> None:
+        if self.writer:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def stage_dir(self, stage: int) -> Path:
+        return self.folder / f"stage{stage}"
+
+    def finished(self, stage: int) -> dict | None:
+        return next((s for s in self.stages if s["stage"] == stage), None)
+
+    def checkpoint_epochs(self, stage: int) -> int | None:
+        return backed_up_epochs(self.stage_dir(stage))
+
+    def snapshot(self, epochs: int) -> dict | None:
+        return next((s for s in self.snapshots if s["epochs"] == epochs), None)
+
+    def best_weights(self, snap: dict) -> dict[str, np.ndarray]:
+        if not snap.get("best_file"):
+            return {}
+        with np.load(self.folder / snap["best_file"]) as data:
+            return {name: data[name] for name in data.files}
+
+    def epoch_done(self, stage: int, record: dict, keeper: BestKeeper) -> None:
+        if not self.writer:
+            return
+        last = self.snapshots[-1] if self.snapshots else None
+        best_file = last["best_file"] if last else None
+        if keeper.where and keeper.where["epoch"] == record["epoch"]:
+            best_file = f"best-s{stage}-e{record['epoch']}.npz"
+            buffer = io.BytesIO()
+            np.savez(buffer, **keeper.best_weights())
+            atomic_write(self.folder / best_file, buffer.getvalue())
+        records = (last["records"] if last else []) + [record]
+        self.snapshots = [*self.snapshots[-1:], {"epochs": record["epoch"], "stage": stage, "records": records,
+                                                 "keeper": keeper.state(), "best_file": best_file}]
+        self._write()
+
+    def stage_done(self, info: dict) -> None:
+        self.stages = [*self.stages, info]
+        if self.writer:
+            self._write()
+            shutil.rmtree(self.stage_dir(info["stage"]), ignore_errors=True)
+
+    def _write(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        modelio.write_json(self.folder / self.STATE, {"fingerprint": self.fingerprint, "stages": self.stages,
+                                                      "snapshots": self.snapshots})
+        keep = {s["best_file"] for s in self.snapshots}
+        for path in self.folder.glob("best-*.npz"):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+
+
+def backed_up_epochs(stage_dir: str | os.PathLike) -> int | None:
+    """Epochs (counted over both stages) finished per a stage's BackupAndRestore checkpoint; None if
+    there is none. Keras writes it under <dir>/chief whichever worker is the chief."""
+    latest = tf.train.latest_checkpoint(str(Path(stage_dir) / "chief"))
+    if latest is None:
+        return None
+    return int(tf.train.load_variable(latest, "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE")) + 1
+
+
+class StageBackup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore of one stage (its own folder: the stages compile different optimizers) that
+    also journals the epoch: its history record and the best-weights bookkeeping. Placed after
+    BestKeeper, so the snapshot holds this epoch's verdict. The checkpoint is kept when fit ends
+    (even by early stopping) and removed by Journal.stage_done, once the stage is recorded."""
+
+    def __init__(self, journal: Journal, stage: int, keeper: BestKeeper, first_epoch: int, records: list):
+        super().__init__(str(journal.stage_dir(stage)), delete_checkpoint=False)
+        self.journal, self.stage, self.keeper, self.first_epoch, self.records = journal, stage, keeper, first_epoch, records
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = epoch_record(self.stage, epoch, self.first_epoch, logs)
+        self.records.append(record)
+        self.journal.epoch_done(self.stage, record, self.keeper)
+        super().on_epoch_end(epoch, logs)
+
+
+def epoch_record(stage: int, epoch: int, first_epoch: int, logs: dict | None) -> dict:
+    """One history.json entry; `epoch` is Keras' 0-based epoch counted over both stages."""
+    return {"stage": stage, "epoch": epoch + 1, "stage_epoch": epoch + 2 - first_epoch,
+            **{k: float(v) for k, v in (logs or {}).items()}}
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """The history records when nothing is backed up (fit without a backup folder)."""
+
+    def __init__(self, stage: int, first_epoch: int, records: list):
+        super().__init__()
+        self.stage, self.first_epoch, self.records = stage, first_epoch, records
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.records.append(epoch_record(self.stage, epoch, self.first_epoch, logs))
+
+
+def fingerprint(cfg: Config, names: list[str], train_paths: Sequence[str]) -> dict:
+    """What a backup must have been trained with to be resumed: everything that shapes the
+    training (not where it runs: train.strategy may change between runs), the classes, the photos."""
+    import hashlib
+
+    train = {k: v for k, v in cfg.train.to_dict().items() if k != "strategy"}
+    photos = hashlib.sha256("\n".join(sorted("/".join(Path(p).parts[-2:]) for p in train_paths)).encode()).hexdigest()
+    return {"seed": cfg.seed, "image": cfg.image.to_dict(), "augment": cfg.augment.to_dict(),
+            "model": cfg.model.to_dict(), "train": train, "classes": names, "train_photos": photos}
+
+
 # --- training ---------------------------------------------------------------------------------------
 @dataclass
 class TrainResult:
@@ -253,9 +462,15 @@ def _verbose() -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verbose: int | None = None) -> TrainResult:
-    """Build cfg.model and train it in two stages on data_dir's manifest; the best weights restored."""
+def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verbose: int | None = None,
+        backup_dir: str | os.PathLike | None = None, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
+    """Build cfg.model and train it in two stages on data_dir's manifest; the best weights restored.
+
+    backup_dir: back up every epoch there and resume from it (see Journal); None: no backup.
+    strategy: make_strategy(cfg.train.strategy) when None. A multi-worker strategy must be created
+    before any other TensorFlow op (train() does), else TensorFlow quietly trains each worker alone."""
     start = time.time()
+    strategy = make_strategy(cfg.train.strategy) if strategy is None else strategy
     deterministic = seed_everything(cfg.seed)
     rows = read_manifest(manifest_path(data_dir))
     names = dataset.class_names(cfg, rows)
@@ -280,7 +495,21 @@ def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verb
               "pipeline, not the best achievable accuracy (pretrained weights: model.weights=imagenet or a "
               "weights file) ***", flush=True)
 
-    strategy = make_strategy(cfg.train.strategy)
+    replicas = strategy.num_replicas_in_sync
+    train_ds, val_ds = train_data.dataset, val_data.dataset
+    if replicas > 1:
+        # train.batch_size is the global batch: tf.distribute splits each batch over the replicas
+        if cfg.train.batch_size % replicas:
+            print(f"warning: train.batch_size {cfg.train.batch_size} is not a multiple of the {replicas} replicas: "
+                  "their shares of a batch differ by one photo", file=sys.stderr, flush=True)
+        train_ds, val_ds = shard_by_data(train_ds), shard_by_data(val_ds)
+        share = local_examples(strategy, train_ds)
+        print(f"{worker_label(strategy)}: {share} of {len(train_data)} training photos per epoch "
+              f"(global batch {cfg.train.batch_size} over {replicas} replicas, "
+              f"{cfg.train.batch_size / replicas:g} per replica)", flush=True)
+    else:
+        share = len(train_data)
+
     with strategy.scope():
         model = models.build_model(cfg.model.name, len(names), cfg.image.size, weights=cfg.model.weights,
                                    dropout=cfg.model.dropout, hidden_units=cfg.model.hidden_units)
@@ -288,18 +517,43 @@ def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verb
 
     steps = math.ceil(len(train_data) / cfg.train.batch_size)
     keeper = BestKeeper(cfg.train.early_stopping_patience)
+    keeper.set_model(model)
     extra = []
     if from_scratch:
         # the training photos as evaluation sees them: no augmentation, no shuffling
         plain = dataset.make_dataset(train_data.paths, train_data.labels, cfg.image.size, cfg.train.batch_size,
                                      cache=cfg.train.cache)
         extra.append(BatchNormRecalibration(plain))
+    journal = (Journal(Path(backup_dir), fingerprint(cfg, names, train_data.paths), is_chief(strategy))
+               if backup_dir is not None else None)
     epochs_done = 0
+    trained_here = False  # once a stage trains in this process, the journal on disk has nothing newer
     records: list[dict] = []
     stages = []
     verbose = _verbose() if verbose is None else verbose
     for stage, scfg in ((1, cfg.train.stage1), (2, cfg.train.stage2)):
         if scfg.epochs == 0:
+            continue
+        done = journal.finished(stage) if journal else None
+        resume_at = None if done or not journal else journal.checkpoint_epochs(stage)
+        check_same_everywhere(strategy, 1000 * len(journal.stages if journal else []) + (resume_at or 0),
+                              "the point to resume from")
+        if journal and not trained_here and (done or resume_at or epochs_done):
+            # where this stage starts: after its last backed-up epoch, or after the stages before it
+            at = (done["first_epoch"] - 1 + done["epochs_run"]) if done else resume_at or epochs_done
+            snap = journal.snapshot(at)
+            if snap is None and at:
+                raise UserError(f"the backup in {journal.folder} is inconsistent (no record of epoch {at}): delete "
+                                "that folder to train from the start")
+            if snap is not None:
+                records[:] = snap["records"]
+                keeper.load_state(snap["keeper"], journal.best_weights(snap))
+        if done:
+            print(f"stage {stage}: finished before the interruption ({done['epochs_run']} epochs, backed up in "
+                  f"{journal.folder})", flush=True)
+            stages.append(done)
+            epochs_done += done["epochs_run"]
+            keeper.restore()
             continue
         opened = freeze_for_stage(model, stage, cfg.train.stage2.unfreeze_fraction, from_scratch)
         with strategy.scope():
@@ -311,25 +565,34 @@ def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verb
                 f"head + top {len(opened)} backbone layers (batch norm frozen)")
         print(f"stage {stage}: {what}; {trainable:,} trainable parameters; up to {scfg.epochs} epochs at "
               f"learning rate {scfg.learning_rate:g} ({cfg.train.schedule})", flush=True)
-        keeper.start_stage(stage)
-        hist = model.fit(train_data.dataset, validation_data=val_data.dataset, epochs=epochs_done + scfg.epochs,
-                         initial_epoch=epochs_done, verbose=verbose,
-                         callbacks=[LearningRateLog(), *extra, keeper, *callbacks])
-        ran = len(hist.epoch)
-        for i in range(ran):
-            records.append({"stage": stage, "epoch": epochs_done + i + 1, "stage_epoch": i + 1,
-                            **{k: float(v[i]) for k, v in hist.history.items()}})
-        stages.append({"stage": stage, "epochs_planned": scfg.epochs, "epochs_run": ran,
-                       "learning_rate": scfg.learning_rate, "schedule": cfg.train.schedule,
-                       "trainable_backbone_layers": opened, "trainable_parameters": trainable,
-                       "first_epoch": epochs_done + 1})
+        if resume_at:
+            print(f"resuming stage {stage} at epoch {resume_at + 1} (its epoch {resume_at - epochs_done + 1} of "
+                  f"{scfg.epochs}) from {journal.stage_dir(stage)}", flush=True)
+        else:
+            keeper.start_stage(stage)
+        recorder = (StageBackup(journal, stage, keeper, epochs_done, records) if journal
+                    else EpochRecorder(stage, epochs_done, records))
+        # killed after early stopping ended the stage but before the stage was recorded: it is over
+        stopped = bool(resume_at) and keeper.stopping()
+        if not stopped:
+            model.fit(train_ds, validation_data=val_ds, epochs=epochs_done + scfg.epochs, initial_epoch=epochs_done,
+                      verbose=verbose, callbacks=[LearningRateLog(), *extra, keeper, recorder, *callbacks])
+        trained_here = True
+        ran = sum(1 for r in records if r["stage"] == stage)
+        info = {"stage": stage, "epochs_planned": scfg.epochs, "epochs_run": ran,
+                "learning_rate": scfg.learning_rate, "schedule": cfg.train.schedule,
+                "trainable_backbone_layers": opened, "trainable_parameters": trainable,
+                "first_epoch": epochs_done + 1}
+        stages.append(info)
+        if journal:
+            journal.stage_done(info)
         epochs_done += ran
         keeper.restore()  # the next stage starts from the best weights so far
     unfreeze_all(model)
     history = {"monitor": f"{MONITOR} (ties: lower val_loss)", "best": keeper.where, "stages": stages,
                "epochs": records}
     return TrainResult(model, names, history, keeper.where, val_data, len(train_data), time.time() - start,
-                       deterministic, strategy.num_replicas_in_sync, is_chief(strategy), {"skipped_species": skipped})
+                       deterministic, replicas, is_chief(strategy), {"skipped_species": skipped, "local_train": share})
 
 
 def predict(model: keras.Model, data: dataset.SplitData) -> np.ndarray:
@@ -390,18 +653,29 @@ def baseline_overrides(cfg: Config) -> list[str]:
 
 def train(cfg: Config, data_dir: str | os.PathLike, models_dir: str | os.PathLike, run_name: str | None = None) -> Path:
     """Train cfg.model on data_dir and write models_dir/<run_name>/ (default run name:
-    '<experiment>-<model.name>'); logs to W&B (job_type train) per cfg.wandb. Returns the folder."""
+    '<experiment>-<model.name>'); logs to W&B (job_type train) per cfg.wandb. Returns the folder.
+
+    Every epoch is backed up in modelio.backup_dir(models_dir/<run_name>), so the same command
+    resumes an interrupted run; the finished folder replaces it. In a multi-worker run every worker
+    calls this; only the chief writes the folder, the backup and the W&B run. The others save to a
+    temporary folder they delete (saving reads variables with collective ops, so all must)."""
     run_name = run_name or default_run_name(cfg)
     if not run_name.strip() or "/" in run_name or run_name.startswith("."):
         raise UserError(f"run name {run_name!r} must be a plain folder name (no '/', not starting with '.')")
-    run = tracking.start_run(cfg, "train", name=run_name)
+    strategy = make_strategy(cfg.train.strategy)  # before any other TensorFlow op (see fit)
+    chief = is_chief(strategy)
+    if not chief:
+        print(f"{worker_label(strategy)} is not the chief: no W&B run, and its copy of the model goes to a "
+              "temporary folder that is deleted", flush=True)
+    run = tracking.start_run(cfg, "train", name=run_name) if chief else None
+    final = Path(models_dir) / run_name
     try:
-        result = fit(cfg, data_dir, callbacks=[tracking.epoch_logger(run)])
+        result = fit(cfg, data_dir, callbacks=[tracking.epoch_logger(run)], backup_dir=modelio.backup_dir(final),
+                     strategy=strategy)
         probs = predict(result.model, result.val)
         val_top1 = top1(probs, result.val.labels)
         meta = build_meta(cfg, run_name, result, val_top1)
-        chief = result.chief
-        target = Path(models_dir) / run_name if chief else Path(tempfile.mkdtemp()) / run_name
+        target = final if chief else Path(tempfile.mkdtemp(prefix="mushroom-worker-")) / run_name
         folder = save_run(cfg, target, result.model, meta, result.history)
         tracking.log(run, {"val_top1": val_top1, "train_seconds": result.seconds})
         if run is not None:
@@ -416,8 +690,8 @@ def train(cfg: Config, data_dir: str | os.PathLike, models_dir: str | os.PathLik
         raise
     tracking.finish(run)
     best = result.best or {}
-    print(f"saved {folder}: val top-1 {val_top1:.3f} (best at stage {best.get('stage')} epoch {best.get('epoch')}), "
-          f"{result.seconds:.0f} s", flush=True)
+    print(f"saved {folder if chief else 'nothing (not the chief)'}: val top-1 {val_top1:.3f} (best at stage "
+          f"{best.get('stage')} epoch {best.get('epoch')}), {result.seconds:.0f} s", flush=True)
     return folder
 
 
