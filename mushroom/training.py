@@ -20,6 +20,16 @@ Seeds: keras.utils.set_random_seed(cfg.seed); on CPU-only machines op determinis
 (cheap there; on GPUs it costs speed and some kernels refuse it, so it is left off), which makes a
 rerun repeat its losses exactly. The saved model has every layer trainable again: the freezing is
 a training-time choice, and the next stage (QAT) decides its own.
+
+Interruptions: train() backs up every epoch in models/<run>/backup/ (Journal) and the same command
+resumes after the last finished epoch, in whichever stage; a finished stage is never redone. A
+resumed stage restarts its data order (shuffle and augmentation draws) from the stage's start, so
+it is not bit-identical to an uninterrupted run.
+
+Distribution (cfg.train.strategy): train.batch_size is the global batch, split evenly over all
+replicas of all workers. With multi_worker every worker reads the same seeded pipeline and keeps
+its share of each batch (shard_by_data), so N workers compute what one worker with N replicas
+computes; batch norm statistics are per replica (per-replica batch), as in any tf.distribute run.
 """
 from __future__ import annotations
 
