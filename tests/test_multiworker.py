@@ -15,7 +15,8 @@ import textwrap
 
 import numpy as np
 
-from mushroom.config import PROJECT_ROOT
+from mushroom import dataset, modelio, training
+from mushroom.config import PROJECT_ROOT, load_config
 from tests.datadirs import make_data_dir
 
 SETTINGS = ["model.name=tiny", "model.weights=null", "image.size=64", "model.dropout=0.0", "train.batch_size=6",
@@ -95,6 +96,10 @@ def test_two_workers_shard_the_data_train_like_one_and_only_the_chief_writes(pho
                                                          "model.keras"]
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["strategy"] == "multi_worker" and meta["replicas"] == 2
+    # val top-1 measured under the strategy (predict shards too) is the saved model's on every photo
+    model, _ = modelio.load_model_folder(folder)
+    val = dataset.split_dataset(load_config(None, [*SETTINGS, "wandb.mode=disabled"]), data, "val", meta["class_names"])
+    assert training.top1(model.predict(val.dataset, verbose=0), val.labels) == meta["val_top1"]
     assert "is not the chief" in other and "saved nothing (not the chief)" in other
     assert f"saved {folder}" in chief
     assert not list((tmp_path / "tmp1").glob("mushroom-worker-*"))  # its temporary copy is deleted
