@@ -99,12 +99,21 @@ def fit_feature_stats(embeddings: np.ndarray, labels: np.ndarray, n_classes: int
     return {"means": means.astype(np.float32), "whiten": whiten.astype(np.float32)}
 
 
-def mahalanobis(embeddings: np.ndarray, stats: Mapping) -> np.ndarray:
-    """min over classes of (x - mean_c)^T S^-1 (x - mean_c); classes without training photos are skipped."""
+def prepared(stats: Mapping) -> dict:
+    """`stats` with what every score needs computed once: the whitening matrix in float64 and the
+    whitened class means of classes with training photos (predict.py scores photo after photo)."""
+    if "means_whitened" in stats:
+        return dict(stats)
     w = np.asarray(stats["whiten"], np.float64)
     means = np.asarray(stats["means"], np.float64)
-    means = means[np.all(np.isfinite(means), axis=1)]
-    xw, mw = np.asarray(embeddings, np.float64) @ w, means @ w
+    mw = means[np.all(np.isfinite(means), axis=1)] @ w
+    return {**stats, "whiten": w, "means_whitened": mw}
+
+
+def mahalanobis(embeddings: np.ndarray, stats: Mapping) -> np.ndarray:
+    """min over classes of (x - mean_c)^T S^-1 (x - mean_c); classes without training photos are skipped."""
+    stats = prepared(stats)
+    xw, mw = np.asarray(embeddings, np.float64) @ stats["whiten"], stats["means_whitened"]
     d = (xw ** 2).sum(1)[:, None] - 2 * xw @ mw.T + (mw ** 2).sum(1)[None, :]
     return np.maximum(d, 0.0).min(axis=1)
 

@@ -178,5 +178,5 @@ def read_open_set(folder: Path, fmt: str) -> tuple[dict | None, dict | None, str
         if not stats_path.is_file():
             raise UserError(f"{stats_path} is missing: rerun evaluate.py on {folder}")
         with np.load(stats_path) as npz:
-            stats = {k: npz[k] for k in npz.files}
+            stats = openset.prepared({k: npz[k] for k in npz.files})
     return record, stats, data.get("fusion")
