@@ -41,11 +41,11 @@ def main() -> int:
 
         report = import_folder(cfg, args.from_folder, args.group_column, data_dir, force=args.force)
     else:
-        from mushroom.inat import download_dataset
+        from mushroom.download import download_dataset
 
         report = download_dataset(cfg, data_dir, force=args.force)
     print(report.summary())
-    tracking.log_dataset(cfg, report.rows, report.added)
+    tracking.log_dataset(cfg, report)
     return 0
 
 

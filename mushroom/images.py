@@ -80,6 +80,17 @@ def describe_bytes(data: bytes, what: str = "image") -> tuple[str, int, int]:
     return hashlib.sha256(data).hexdigest(), img.width, img.height
 
 
+def as_jpeg(data: bytes, what: str = "photo") -> bytes:
+    """JPEG bytes are kept byte for byte; anything else (iNaturalist also hosts PNGs, folders hold
+    any format) is checked and re-encoded once, so every stored <photo_id>.jpg is a JPEG.
+    BadImage when the bytes do not decode."""
+    if data[:3] == b"\xff\xd8\xff":
+        return data
+    buf = io.BytesIO()
+    decode(data, what).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary name in the same folder, fsync, then rename: a reader (or a rerun after
     kill -9) sees either no file or the complete one."""

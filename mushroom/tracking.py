@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from mushroom.config import Config
+from mushroom.ingest import IngestReport
 
 DEFAULT_HOST = "https://api.wandb.ai"
 
@@ -148,19 +149,19 @@ def finish(run, exit_code: int = 0) -> None:
         run.finish(exit_code=exit_code)
 
 
-def dataset_stats(cfg: Config, rows: list[dict], added) -> tuple[dict, list[list]]:
-    """(scalars, table rows) of a download run: photos in all, per split and per role (known / unknown,
-    as this config sees them), and [species, role, train, val, test] per species. `added`: a count, or
-    a count per species (the iNaturalist report)."""
+def dataset_stats(cfg: Config, report: IngestReport) -> tuple[dict, list[list]]:
+    """(scalars, table rows) of a download or import: photos in all, per split and per role (known /
+    unknown, as this config sees them), and [species, role, train, val, test] per species."""
     from collections import Counter
 
     from mushroom.manifest import SPLITS, UNUSED, species_roles
 
+    rows = report.rows
     roles = species_roles(cfg)
     role_of = {r["species"]: roles.get(r["species"], UNUSED) for r in rows}
     per_split = Counter(r["split"] for r in rows)
     per_role = Counter(role_of[r["species"]] for r in rows)
-    scalars = {"photos": len(rows), "added": added if isinstance(added, int) else sum(added.values()),
+    scalars = {"photos": len(rows), "added": report.added.total(),
                "species": len(role_of), **{f"photos_{s}": per_split[s] for s in SPLITS},
                **{f"photos_{role}": n for role, n in per_role.items()}}
     counts = Counter((r["species"], r["split"]) for r in rows)
@@ -168,7 +169,7 @@ def dataset_stats(cfg: Config, rows: list[dict], added) -> tuple[dict, list[list
     return scalars, table
 
 
-def log_dataset(cfg: Config, rows: list[dict], added) -> None:
+def log_dataset(cfg: Config, report: IngestReport) -> None:
     """The download run: photos per split and role, and per species and split as a table."""
     run = start_run(cfg, "download", name=f"{cfg.experiment}-download")
     if run is None or run.settings.mode == "disabled":
@@ -176,7 +177,7 @@ def log_dataset(cfg: Config, rows: list[dict], added) -> None:
         return
     import wandb
 
-    scalars, table_rows = dataset_stats(cfg, rows, added)
+    scalars, table_rows = dataset_stats(cfg, report)
     log(run, scalars)
     table = wandb.Table(columns=["species", "role", "train", "val", "test"])
     for row in table_rows:

@@ -24,7 +24,7 @@ def test_import_writes_layout_and_manifest(cfg, photo_folder, tmp_path):
     data = tmp_path / "data"
     report = import_folder(cfg, photo_folder, "date", data)
     rows = read_manifest(data / "manifest.csv")
-    assert len(rows) == 36 and report.added == 36
+    assert len(rows) == 36 and report.added.total() == 36
     assert list(rows[0]) == list(COLUMNS)
     for r in rows:
         path = data / r["path"]
@@ -44,7 +44,7 @@ def test_second_run_changes_nothing(cfg, photo_folder, tmp_path):
     before = {p: p.stat().st_mtime_ns for p in data.rglob("*")}
     manifest = (data / "manifest.csv").read_bytes()
     report = import_folder(cfg, photo_folder, "date", data)
-    assert report.added == 0 and report.kept == 36
+    assert report.added.total() == 0 and report.kept.total() == 36
     assert (data / "manifest.csv").read_bytes() == manifest
     assert {p: p.stat().st_mtime_ns for p in data.rglob("*")} == before
 
@@ -59,7 +59,7 @@ def test_interrupted_import_resumes_without_moving_photos(cfg, photo_folder, tmp
         (data / r["path"]).unlink()
     (data / "train" / "Boletus_edulis" / ".partial-abc.jpg").write_bytes(b"\xff\xd8half")
     report = import_folder(cfg, photo_folder, "date", data)
-    assert report.added == len(lost)
+    assert report.added.total() == len(lost)
     assert read_manifest(data / "manifest.csv") == rows
     assert not list(data.rglob(".partial-*"))
 
@@ -126,7 +126,7 @@ def test_shared_photos_import_keeps_date_groups_together(cfg, tmp_path):
     assert all(len(s) == 1 for s in _splits_per_group(rows).values())
     counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
     assert 0.6 < counts["train"] / 1275 < 0.8 and counts["val"] > 100 and counts["test"] > 100
-    assert report.added == 1275
+    assert report.added.total() == 1275
 
 
 def test_cap_per_species_takes_whole_groups_first(photo_folder, tmp_path):

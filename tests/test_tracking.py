@@ -6,6 +6,7 @@ import pytest
 
 from mushroom import tracking
 from mushroom.config import load_config, save_resolved
+from mushroom.ingest import IngestReport
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 characters, like a real W&B key
 
@@ -101,12 +102,12 @@ def test_dataset_counts_known_and_unknown_photos(clean_env, monkeypatch, tmp_pat
         ("Boletus edulis", "train"), ("Boletus edulis", "train"), ("Amanita muscaria", "val"),
         ("Galerina marginata", "test"), ("Galerina marginata", "train"),
         ("Coprinus comatus", "train")]]  # left in the manifest by an earlier run, unused by this config
-    scalars, table = tracking.dataset_stats(cfg, rows, Counter({"Boletus edulis": 2, "Galerina marginata": 1}))
+    report = IngestReport(tmp_path, "observation", rows=rows, added=Counter({"Boletus edulis": 2, "Galerina marginata": 1}))
+    scalars, table = tracking.dataset_stats(cfg, report)
     assert scalars == {"photos": 6, "added": 3, "species": 4, "photos_train": 4, "photos_val": 1, "photos_test": 1,
                        "photos_known": 3, "photos_unknown": 2, "photos_unused": 1}
     assert table == [["Amanita muscaria", "known", 0, 1, 0], ["Boletus edulis", "known", 2, 0, 0],
                      ["Coprinus comatus", "unused", 1, 0, 0], ["Galerina marginata", "unknown", 1, 0, 1]]
-    assert tracking.dataset_stats(cfg, rows, 5)[0]["added"] == 5  # the folder import counts photos, not species
     monkeypatch.chdir(tmp_path)  # the download run writes ./wandb, as download_data.py does
-    tracking.log_dataset(cfg, rows, Counter({"Boletus edulis": 2}))
+    tracking.log_dataset(cfg, report)
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1

@@ -15,7 +15,7 @@ import pytest
 from mushroom.config import PROJECT_ROOT, load_config
 from mushroom.errors import ConfigError, NetworkError
 from mushroom.images import describe_bytes
-from mushroom.inat import STATE_NAME, download_dataset
+from mushroom.download import STATE_NAME, download_dataset
 from mushroom.manifest import COLUMNS, manifest_path, read_manifest
 from tests.fake_inat import SAMPLES, FakeINat
 
@@ -121,7 +121,7 @@ def test_download_pages_filters_and_writes_manifest(fake, tmp_path):
     be = {pid for pid, r in rows.items() if r["species"] == "Boletus edulis"}
     assert be == {"2011", "2021", "2031", "2041", "2051", "2071"}  # 2061 repeats 2011's bytes
     assert report.skipped_license == {"Amanita muscaria": 3}
-    assert report.duplicates == 2 and not report.failed
+    assert report.duplicates.total() == 2 and not report.failed
 
     r = rows["1012"]
     assert r["license_code"] == "cc-by-sa" and r["taxon_id"] == str(AM) and r["observation_id"] == "101"
