@@ -65,3 +65,16 @@ def test_describe_bytes_and_atomic_write(tmp_path):
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["x.jpg"]
     (tmp_path / "a" / ".partial-123.jpg").write_bytes(b"x")
     assert remove_partials(tmp_path) == 1
+
+
+def test_as_jpeg_keeps_jpeg_bytes_and_reencodes_the_rest():
+    from mushroom.images import as_jpeg
+
+    jpeg, png = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (8, 6), (10, 200, 30)).save(jpeg, format="JPEG")
+    Image.new("RGBA", (8, 6), (255, 0, 0, 128)).save(png, format="PNG")
+    assert as_jpeg(jpeg.getvalue()) == jpeg.getvalue()
+    out = as_jpeg(png.getvalue())
+    assert out[:3] == b"\xff\xd8\xff" and decode(out).size == (8, 6)
+    with pytest.raises(BadImage):
+        as_jpeg(b"<html>not a photo</html>")
