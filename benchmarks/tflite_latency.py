@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mushroom.config import EXPORT_FORMATS  # noqa: E402
 from mushroom.litert import TFLiteModel  # noqa: E402
+from mushroom.modelio import ModelFolder  # noqa: E402
 from mushroom.quantization import INT8_FORMATS, float_ops  # noqa: E402
 
 DEFAULT_MODELS = ("efficientnet_v2_b0:128", "efficientnet_v2_s:128", "efficientnet_v2_m:224")
@@ -50,22 +51,23 @@ def time_file(path: Path, threads: int, runs: int, warmup: int, seed: int = 0) -
 def build_files(name: str, size: int, folder: Path, formats: list[str]) -> dict[str, Path]:
     """Build a weights=None model, its QAT version, and convert every format in child processes."""
     from mushroom.models import build_model
-    from mushroom.quantization import QAT_MODEL_FILE, export_format, save_qat_model
+    from mushroom.quantization import export_format, save_qat_model
     from mushroom import qat_configs
 
+    mf = ModelFolder(folder)
     model = build_model(name, 6, size)
-    model.save(folder / "model.keras")
+    model.save(mf.model_file)
     if "qat_int8" in formats:
-        save_qat_model(qat_configs.quantize(model), folder / QAT_MODEL_FILE)
+        save_qat_model(qat_configs.quantize(model), mf.qat_model_file)
     reps = np.random.default_rng(0).integers(0, 256, (16, size, size, 3)).astype(np.uint8)
     np.save(folder / "reps.npy", reps)
     files = {}
     for fmt in formats:
-        files[fmt] = folder / f"{fmt}.tflite"
+        files[fmt] = mf.tflite(fmt)
         t = time.perf_counter()
-        info = export_format(fmt, folder / "model.keras", files[fmt],
+        info = export_format(fmt, mf.model_file, files[fmt],
                              representative_file=folder / "reps.npy" if fmt == "ptq_int8" else None,
-                             qat_weights=folder / QAT_MODEL_FILE if fmt == "qat_int8" else None)
+                             qat_weights=mf.qat_model_file if fmt == "qat_int8" else None)
         print(f"  converted {name} {fmt} in {time.perf_counter() - t:.0f} s (child peak {info['peak_rss_mb']:.0f} MB)",
               flush=True)
     return files
@@ -102,8 +104,7 @@ def main() -> int:
     if args.runs < 50:
         print("note: fewer than 50 runs make p95 noisy", file=sys.stderr)
     if args.model_folder:
-        files = {f: args.model_folder / "tflite" / f"{f}.tflite" for f in args.formats
-                 if (args.model_folder / "tflite" / f"{f}.tflite").is_file()}
+        files = ModelFolder(args.model_folder).exports(args.formats)
         report(str(args.model_folder), files, args.runs, args.warmup)
         return 0
     for spec in args.models:

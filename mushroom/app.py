@@ -33,7 +33,7 @@ import numpy as np
 from mushroom.advice import GRADE_MEANING, JSON_KEYS, REMINDER, RULES, UNKNOWN_EDIBILITY, VERDICTS, look_alike_table
 from mushroom.config import PROJECT_ROOT, Config
 from mushroom.errors import UserError
-from mushroom.modelio import output_role, read_meta, read_temperature
+from mushroom.modelio import ModelFolder, output_role, read_meta, read_temperature
 from mushroom.species import DANGEROUS_GRADES, EDIBLE_GRADES, Species, graded_species
 
 APP_DIR = PROJECT_ROOT / "app"
@@ -266,11 +266,10 @@ def build_app(cfg: Config, folder: str | Path, fmt: str, dist: str | Path = DIST
               node_modules: str | Path = NODE_MODULES) -> dict:
     """Write the static site for one model folder and format to `dist` (emptied first). Returns a
     summary: files, bytes, what was checked."""
-    from mushroom.modelio import OPEN_SET_STATS_DIR, TFLITE_DIR
     from mushroom.prediction import read_open_set
 
     folder, dist, node_modules = Path(folder), Path(dist), Path(node_modules)
-    source = folder / TFLITE_DIR / f"{fmt}.tflite"
+    source = ModelFolder(folder).tflite(fmt)
     if not source.is_file():
         raise UserError(f"{source} does not exist: run quantize_qat.py {folder} first")
     if dist.exists():
@@ -286,7 +285,7 @@ def build_app(cfg: Config, folder: str | Path, fmt: str, dist: str | Path = DIST
     layout = None
     if record is not None and record["score"] == "mahalanobis":
         if stats is None:
-            raise UserError(f"{folder / OPEN_SET_STATS_DIR / (fmt + '.npz')} is missing: rerun evaluate.py on {folder}")
+            raise UserError(f"{ModelFolder(folder).open_set_stats(fmt)} is missing: rerun evaluate.py on {folder}")
         data, layout = openset_binary(stats)
         (dist / OPENSET_FILE).write_bytes(data)
     (dist / BUNDLE_FILE).write_text(json.dumps(bundle(cfg, folder, fmt, details, record, fusion, layout),

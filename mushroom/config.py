@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 import yaml
 
 from mushroom.errors import ConfigError
+from mushroom.fileio import atomic_write
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config.yaml"
@@ -396,12 +397,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
 
 def save_resolved(cfg: Config, directory: str | os.PathLike) -> Path:
     """Write the resolved config beside an output, so the output can be reproduced."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / RESOLVED_NAME
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(_plain(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
-    os.replace(tmp, path)
+    path = Path(directory) / RESOLVED_NAME
+    atomic_write(path, yaml.safe_dump(_plain(cfg), sort_keys=False, allow_unicode=True))
     return path
 
 

@@ -21,8 +21,8 @@ from mushroom.advice import UnknownCheck, advise
 from mushroom.config import EXPORT_FORMATS, Config
 from mushroom.errors import UserError
 from mushroom.images import load_image
-from mushroom.modelio import (MODEL_FILE, OPEN_SET_FILE, OPEN_SET_STATS_DIR, TEMPERATURE_FILE, TFLITE_DIR,
-                              read_meta, write_json)
+from mushroom.fileio import write_json
+from mushroom.modelio import ModelFolder, read_meta
 from mushroom.species import Species, graded_species, unknown_species
 
 FORMATS = ("keras",) + EXPORT_FORMATS
@@ -50,18 +50,6 @@ class Split:
     labels: np.ndarray      # int (N,); -1 for photos of unknown species
     rows: list[dict]        # the manifest rows, in the same order
     skipped: int            # photos of species the model does not know (known splits only)
-
-
-def model_files(folder: Path) -> dict[str, Path]:
-    """format -> file, for every format present in the folder, in FORMATS order."""
-    found = {}
-    if (folder / MODEL_FILE).is_file():
-        found["keras"] = folder / MODEL_FILE
-    for fmt in EXPORT_FORMATS:
-        path = folder / TFLITE_DIR / f"{fmt}.tflite"
-        if path.is_file():
-            found[fmt] = path
-    return found
 
 
 def load_split(data_dir: str | os.PathLike, split: str, class_names: list[str], size: int) -> Split:
@@ -311,7 +299,7 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
     else:
         log(f"  unknown species: {len(ops.val_species)} fit the threshold ({len(ops.val.rows)} photos), "
             f"{len(ops.test_species)} measure it ({len(ops.test.rows)} photos)")
-    files = model_files(folder)
+    files = ModelFolder(folder).files()
     wanted = [f for f in (formats or FORMATS) if f in files]
     if not wanted:
         raise UserError(f"{folder} has none of the formats {', '.join(formats or FORMATS)}: run quantize_qat.py first")
@@ -399,31 +387,16 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
                 f"{entry['flip_rate']:.0%}, ΔECE (calibrated) {entry['delta_ece_calibrated']:+.3f} "
                 f"{_ci_text(entry['delta_ece_calibrated_ci'], True)}")
     reference = entries[0]["format"]
-    write_json(folder / TEMPERATURE_FILE, {
+    written = ModelFolder(folder)
+    written.write_temperature({
         "temperature": temperatures[reference], "reference_format": reference, "by_format": temperatures,
         "fitted_on": "val", "n_val": int(len(val.labels))})
-    write_open_set(folder, open_set_records, stats_files, ops, choice, reference)
-    return entries, arrays
-
-
-def write_open_set(folder: Path, records: dict, stats_files: dict, ops: OpenSetData, choice: _ModelChoices,
-                   reference: str) -> None:
-    """open_set.json (and open_set/<format>.npz for a Mahalanobis score) beside temperature.json;
-    an older open_set.json is removed when nothing was fitted, so predict.py never uses a stale one."""
-    stats_dir = folder / OPEN_SET_STATS_DIR
-    if stats_dir.is_dir():
-        for old in stats_dir.glob("*.npz"):
-            old.unlink()
-    if not records:
-        (folder / OPEN_SET_FILE).unlink(missing_ok=True)
-        return
-    for fmt, stats in stats_files.items():
-        stats_dir.mkdir(exist_ok=True)
-        np.savez(stats_dir / f"{fmt}.npz", **stats)
-    write_json(folder / OPEN_SET_FILE, {
-        "by_format": records, "reference_format": reference, "fusion": choice.fusion,
+    # With nothing fitted, an older open_set.json is removed, so predict.py never uses a stale one.
+    written.write_open_set({
+        "by_format": open_set_records, "reference_format": reference, "fusion": choice.fusion,
         "unknown_val_species": ops.val_species, "unknown_test_species": ops.test_species,
-        "fitted_on": "unknown-val species (threshold), val (temperature)"})
+        "fitted_on": "unknown-val species (threshold), val (temperature)"} if open_set_records else None, stats_files)
+    return entries, arrays
 
 
 def _ci_text(ci: list[float] | None, signed: bool = False) -> str:

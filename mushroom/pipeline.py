@@ -23,7 +23,7 @@ from typing import Callable
 from mushroom.config import PROJECT_ROOT, Config
 from mushroom.errors import UserError
 from mushroom.manifest import manifest_path, read_manifest
-from mushroom.modelio import META_FILE, MODEL_FILE, TFLITE_DIR, baseline_run_name, default_run_name
+from mushroom.modelio import ModelFolder
 
 # Any Keras application weight file: if this answers, ImageNet weights can be downloaded.
 IMAGENET_PROBE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -69,15 +69,6 @@ def _data_complete(data_dir: Path) -> bool:
     return bool(rows) and all((data_dir / r["path"]).is_file() for r in rows)
 
 
-def _model_complete(folder: Path) -> bool:
-    return (folder / META_FILE).is_file() and (folder / MODEL_FILE).is_file()
-
-
-def _quantized(folder: Path, formats: list[str]) -> bool:
-    return (folder / "quantize.json").is_file() and all(
-        (folder / TFLITE_DIR / f"{f}.tflite").is_file() for f in formats)
-
-
 def _newer(target: Path, sources: list[Path]) -> bool:
     if not target.is_file():
         return False
@@ -91,10 +82,8 @@ def plan(cfg: Config, config_path: str, overrides: list[str], from_folder: str |
     py = sys.executable
     common = ["--config", config_path] + [a for ov in overrides for a in ("--set", ov)]
     data_dir = Path(cfg.paths.data_dir)
-    models_dir = Path(cfg.paths.models_dir)
     reports_dir = Path(cfg.paths.reports_dir)
-    main_model = models_dir / default_run_name(cfg)
-    baseline = models_dir / baseline_run_name(cfg)
+    main_model, baseline = ModelFolder.of_model(cfg), ModelFolder.of_baseline(cfg)
     download = [py, "download_data.py", *common]
     if from_folder:
         download += ["--from-folder", from_folder] + (["--group-column", group_column] if group_column else [])
@@ -103,15 +92,16 @@ def plan(cfg: Config, config_path: str, overrides: list[str], from_folder: str |
     stages = [
         Stage("download", download, lambda: _data_complete(data_dir) and not force),
         Stage(f"train {cfg.model.name}", [py, "train_efficientnet_v2.py", *common],
-              lambda: _model_complete(main_model) and not force),
+              lambda: main_model.is_complete() and not force),
         Stage(f"train {cfg.baseline.model} head", [py, "train_resnet_baseline.py", *common],
-              lambda: _model_complete(baseline) and not force),
+              lambda: baseline.is_complete() and not force),
         Stage(f"quantize {cfg.model.name}", [py, "quantize_qat.py", str(main_model), *common, *force_flag],
-              lambda: _quantized(main_model, formats) and not force),
+              lambda: main_model.is_quantized(formats) and not force),
         Stage(f"quantize {cfg.baseline.model} head", [py, "quantize_qat.py", str(baseline), *common, *force_flag],
-              lambda: _quantized(baseline, formats) and not force),
+              lambda: baseline.is_quantized(formats) and not force),
         Stage("evaluate", [py, "evaluate.py", str(main_model), str(baseline), *common],
-              lambda: _newer(reports_dir / "metrics.json", [main_model, baseline, data_dir / "manifest.csv"]) and not force),
+              lambda: _newer(reports_dir / "metrics.json", [main_model.path, baseline.path, data_dir / "manifest.csv"])
+              and not force),
         Stage("README results", [py, "update_results.py", *common], lambda: False),
     ]
     # The photo is chosen when the stage runs: on a first run data/test does not exist yet.

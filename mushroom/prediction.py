@@ -16,17 +16,11 @@ from mushroom.advice import Answer, UnknownCheck, advise
 from mushroom.config import Config
 from mushroom.errors import UserError
 from mushroom.images import IMAGE_SUFFIXES, load_image
-from mushroom.modelio import (META_FILE, OPEN_SET_FILE, OPEN_SET_STATS_DIR, TFLITE_DIR, read_meta,
-                              read_temperature)
+from mushroom.modelio import ModelFolder, read_meta, read_temperature
 from mushroom.species import Species, graded_species
 
 # Preference when no --model is given: the smallest, fastest files first (what a phone would ship).
 DEFAULT_FORMAT_ORDER = ("qat_int8", "ptq_int8", "dynamic", "float16", "float32")
-
-
-def _folder_and_format(tflite: Path) -> tuple[Path, str]:
-    folder = tflite.parent.parent if tflite.parent.name == TFLITE_DIR else tflite.parent
-    return folder, tflite.stem
 
 
 def find_default_model(models_dir: str | os.PathLike, reports_dir: str | os.PathLike | None = None) -> Path:
@@ -38,13 +32,13 @@ def find_default_model(models_dir: str | os.PathLike, reports_dir: str | os.Path
         entries = json.loads(metrics_path.read_text(encoding="utf-8"))
         candidates = []
         for e in entries:
-            path = models_dir / e["model"] / TFLITE_DIR / f"{e['format']}.tflite"
+            path = ModelFolder(models_dir / e["model"]).tflite(e["format"])
             if e["format"] in ("qat_int8", "ptq_int8") and path.is_file() and e.get("top1") is not None:
                 candidates.append((e["top1"], e["format"] == "qat_int8", str(path)))
         if candidates:
             return Path(max(candidates)[2])
     for fmt in DEFAULT_FORMAT_ORDER:
-        found = sorted(models_dir.glob(f"*/{TFLITE_DIR}/{fmt}.tflite"))
+        found = ModelFolder.exports_under(models_dir, fmt)
         if found:
             return found[0]
     raise UserError(f"no .tflite model found under {models_dir}: train and quantize a model first "
@@ -58,10 +52,9 @@ def resolve_model(model: str | os.PathLike | None, models_dir, reports_dir=None)
     else:
         path = Path(model)
         if path.is_dir():
-            if not (path / META_FILE).is_file():
-                raise UserError(f"{path} is not a model folder ({META_FILE} missing)")
-            found = [path / TFLITE_DIR / f"{f}.tflite" for f in DEFAULT_FORMAT_ORDER
-                     if (path / TFLITE_DIR / f"{f}.tflite").is_file()]
+            if not ModelFolder(path).meta_file.is_file():
+                raise UserError(f"{path} is not a model folder ({ModelFolder.META} missing)")
+            found = list(ModelFolder(path).exports(DEFAULT_FORMAT_ORDER).values())
             if not found:
                 raise UserError(f"{path} holds no .tflite file: run quantize_qat.py {path} first")
             path = found[0]
@@ -69,8 +62,8 @@ def resolve_model(model: str | os.PathLike | None, models_dir, reports_dir=None)
             raise UserError(f"model file {path} does not exist")
         elif path.suffix != ".tflite":
             raise UserError(f"{path} is not a .tflite file: predict.py runs TFLite models (see quantize_qat.py)")
-    folder, fmt = _folder_and_format(path)
-    return path, folder, fmt
+    folder, fmt = ModelFolder.of_export(path)
+    return path, folder.path, fmt
 
 
 def iter_photos(inputs: list[str]) -> Iterator[Path]:
@@ -164,19 +157,11 @@ class Forager:
 def read_open_set(folder: Path, fmt: str) -> tuple[dict | None, dict | None, str | None]:
     """(this format's record, its feature statistics, the fusion rule) from open_set.json, or Nones
     when evaluate.py fitted nothing (no unknown photos were imported)."""
-    path = folder / OPEN_SET_FILE
-    if not path.is_file():
+    data = ModelFolder(folder).read_open_set()
+    if data is None:
         return None, None, None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}): rerun evaluate.py") from None
     record = data.get("by_format", {}).get(fmt)
     stats = None
     if record is not None and record["score"] == "mahalanobis":
-        stats_path = folder / OPEN_SET_STATS_DIR / f"{fmt}.npz"
-        if not stats_path.is_file():
-            raise UserError(f"{stats_path} is missing: rerun evaluate.py on {folder}")
-        with np.load(stats_path) as npz:
-            stats = openset.prepared({k: npz[k] for k in npz.files})
+        stats = openset.prepared(ModelFolder(folder).read_open_set_stats(fmt))
     return record, stats, data.get("fusion")

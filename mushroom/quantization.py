@@ -1,6 +1,6 @@
 """Quantization of a trained model folder: QAT fine-tune, every TFLite format, and the agreement check.
 
-Writes beside the model (see README, "Model folder"):
+Writes beside the model (see README, "A model folder"):
   qat/model.keras          the quantization-aware model (weights; load with load_qat_model)
   tflite/<format>.tflite   float32, dynamic, float16, ptq_int8, qat_int8 (cfg.quantize.formats)
   quantize.json            sizes, agreement with the Keras models, peak RSS and time per conversion
@@ -23,25 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mushroom import images as imgs
 from mushroom.config import EXPORT_FORMATS, save_resolved
 from mushroom.errors import UserError
+from mushroom.fileio import atomic_write, replacing, write_json
 from mushroom.manifest import load_split
-from mushroom.modelio import MODEL_FILE, TFLITE_DIR, load_model_folder, read_meta, write_json
+from mushroom.modelio import ModelFolder, load_model_folder, read_meta
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-QAT_DIR = "qat"
-QAT_MODEL_FILE = "qat/model.keras"
-REPORT_FILE = "quantize.json"
 INT8_FORMATS = ("ptq_int8", "qat_int8")
 FLOAT_FORMATS = ("float32", "dynamic", "float16")
 
-
-def tflite_path(model_folder: str | os.PathLike, fmt: str) -> Path:
-    return Path(model_folder) / TFLITE_DIR / f"{fmt}.tflite"
-
-
-# --- data ------------------------------------------------------------------------------------
 
 # --- QAT -------------------------------------------------------------------------------------
 
@@ -91,12 +82,9 @@ def qat_finetune(model, images: np.ndarray, labels: np.ndarray, qcfg, batch_size
 
 
 def save_qat_model(qat, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".partial-" + path.name)
-    qat.save(tmp)
-    os.replace(tmp, path)
-    return path
+    with replacing(path) as tmp:
+        qat.save(tmp)
+    return Path(path)
 
 
 def load_qat_model(float_model, path: str | os.PathLike):
@@ -214,7 +202,7 @@ def _child_main(argv: list[str]) -> int:
         model = load_qat_model(model, args.qat_weights)
     reps = np.load(args.representative) if args.representative else None
     data = convert(model, args.format, reps)
-    imgs.atomic_write(args.out, data)
+    atomic_write(args.out, data)
     write_json(args.result, {"seconds": round(time.perf_counter() - start, 2), "peak_rss_mb": round(_peak_rss_mb(), 1)})
     return 0
 
@@ -222,7 +210,7 @@ def _child_main(argv: list[str]) -> int:
 def export_format(fmt: str, model_file: str | os.PathLike, out: str | os.PathLike,
                   representative_file: str | os.PathLike | None = None,
                   qat_weights: str | os.PathLike | None = None) -> dict:
-    """Convert in a child process; {"seconds", "peak_rss_mb"} of that child (its own getrusage)."""
+    """Convert in a child process; {"seconds", "peak_rss_mb"} of that child (its own peak, see _peak_rss_mb)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="convert-") as tmp:
@@ -288,7 +276,7 @@ def quantize_model_folder(cfg, model_folder: str | os.PathLike, data_dir: str | 
     Existing files are kept (a rerun resumes) unless force=True. Returns the quantize.json dict."""
     from mushroom.keras_env import keras  # noqa: F401  (TF only after the cheap checks below)
 
-    folder = Path(model_folder)
+    folder = ModelFolder(model_folder)
     meta = read_meta(folder)
     qcfg = cfg.quantize
     formats = list(qcfg.formats)
@@ -303,7 +291,7 @@ def quantize_model_folder(cfg, model_folder: str | os.PathLike, data_dir: str | 
     check_x, check_y, check_rows = load_split(data_dir, "val", class_names, size, limit=qcfg.check_images, seed=seed)
     timings["load_s"] = round(time.perf_counter() - t, 2)
 
-    qat_file = folder / QAT_MODEL_FILE
+    qat_file = folder.qat_model_file
     qat = None
     qat_history = None
     if "qat_int8" in formats:
@@ -319,17 +307,16 @@ def quantize_model_folder(cfg, model_folder: str | os.PathLike, data_dir: str | 
             save_qat_model(qat, qat_file)
         timings["qat_s"] = round(time.perf_counter() - t, 2)
 
-    previous = _read_report(folder) if not force else {}
+    previous = folder.read_quantize_report() if not force else {}
     conversions = dict(previous.get("conversions", {}))
-    tflite_dir = folder / TFLITE_DIR
-    tflite_dir.mkdir(parents=True, exist_ok=True)
-    rep_file = tflite_dir / ".representative.npy"
+    folder.tflite_dir.mkdir(parents=True, exist_ok=True)
+    rep_file = folder.tflite_dir / ".representative.npy"
     np.save(rep_file, reps)
     def convert_one(fmt: str) -> None:
-        out = tflite_path(folder, fmt)
+        out = folder.tflite(fmt)
         log(f"{fmt}: converting in a child process ...")
         conversions[fmt] = export_format(
-            fmt, folder / MODEL_FILE, out,
+            fmt, folder.model_file, out,
             representative_file=rep_file if fmt == "ptq_int8" else None,
             qat_weights=qat_file if fmt == "qat_int8" else None)
         log(f"{fmt}: {out.stat().st_size / 1e6:.2f} MB in {conversions[fmt]['seconds']:.0f} s, "
@@ -337,8 +324,8 @@ def quantize_model_folder(cfg, model_folder: str | os.PathLike, data_dir: str | 
 
     todo = []
     for fmt in formats:
-        if tflite_path(folder, fmt).is_file() and not force:
-            log(f"{fmt}: keeping {tflite_path(folder, fmt)} (use --force to convert again)")
+        if folder.tflite(fmt).is_file() and not force:
+            log(f"{fmt}: keeping {folder.tflite(fmt)} (use --force to convert again)")
         else:
             todo.append(fmt)
     try:
@@ -357,13 +344,13 @@ def quantize_model_folder(cfg, model_folder: str | os.PathLike, data_dir: str | 
     reference = {fmt: float_probs for fmt in formats if fmt != "qat_int8"}
     if qat is not None:
         reference["qat_int8"] = qat.predict(check_x.astype(np.float32), verbose=0)
-    files = {fmt: tflite_path(folder, fmt) for fmt in formats}
+    files = {fmt: folder.tflite(fmt) for fmt in formats}
     report = {
         "model_folder": str(folder),
         "model_name": meta.get("model_name"),
         "image_size": size,
         "formats": formats,
-        "files": {fmt: str(Path(TFLITE_DIR) / p.name) for fmt, p in files.items()},
+        "files": {fmt: folder.relative(p) for fmt, p in files.items()},
         "sizes_bytes": {fmt: p.stat().st_size for fmt, p in files.items()},
         "sizes_mb": {fmt: round(p.stat().st_size / 1e6, 3) for fmt, p in files.items()},
         "conversions": {fmt: conversions[fmt] for fmt in formats if fmt in conversions},
@@ -386,18 +373,10 @@ def quantize_model_folder(cfg, model_folder: str | os.PathLike, data_dir: str | 
     report["ok"] = qat_agreement >= qcfg.min_agreement
     timings["agreement_s"] = round(time.perf_counter() - t, 2)
     # Written before the check can fail, so the numbers behind the error are kept.
-    write_json(folder / REPORT_FILE, report)
-    save_resolved(cfg, tflite_dir)
+    folder.write_quantize_report(report)
+    save_resolved(cfg, folder.tflite_dir)
     enforce_agreement(report["agreement"], qcfg.min_agreement)
     return report
-
-
-def _read_report(folder: Path) -> dict:
-    path = folder / REPORT_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except json.JSONDecodeError:
-        return {}
 
 
 if __name__ == "__main__":

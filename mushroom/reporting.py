@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mushroom import metrics  # noqa: E402
-from mushroom.images import atomic_write  # noqa: E402
+from mushroom.fileio import atomic_write  # noqa: E402
 from mushroom.stats import excludes_zero  # noqa: E402
 
 
@@ -174,7 +174,7 @@ def write_predictions(arrays_by_model: dict, path: Path) -> Path:
     writer.writeheader()
     for model, arrays in arrays_by_model.items():
         writer.writerows(prediction_rows(model, arrays))
-    atomic_write(path, buf.getvalue().encode("utf-8"))
+    atomic_write(path, buf.getvalue())
     return path
 
 
@@ -333,7 +333,7 @@ def write_reports(entries: list[dict], arrays_by_model: dict, reports_dir: Path,
     reports_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(reports_dir / "comparison.md", (markdown_table(entries) + "\n\n"
                                                  + markdown_table(entries, OPEN_SET_COLUMNS) + "\n").encode())
-    atomic_write(reports_dir / "comparison.csv", csv_table(entries).encode())
+    atomic_write(reports_dir / "comparison.csv", csv_table(entries))
     plots = []
     for model, arrays in arrays_by_model.items():
         labels, probs = arrays["labels"], arrays["probs"]
@@ -398,5 +398,5 @@ def update_readme(readme: Path, block: str) -> bool:
         return False
     before, rest = text.split(README_BEGIN, 1)
     _, after = rest.split(README_END, 1)
-    atomic_write(readme, (before + block + after).encode("utf-8"))
+    atomic_write(readme, before + block + after)
     return True

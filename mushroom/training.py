@@ -51,10 +51,10 @@ import numpy as np
 from mushroom import dataset, models, modelio, tracking
 from mushroom.config import Config, add_config_args, load_config, save_resolved
 from mushroom.errors import UserError
-from mushroom.images import atomic_write
+from mushroom.fileio import atomic_write, replacing_folder, write_json
 from mushroom.keras_env import keras, tf
 from mushroom.manifest import manifest_path, read_manifest
-from mushroom.modelio import baseline_run_name, default_run_name  # noqa: F401  (the scripts' run names)
+from mushroom.modelio import ModelFolder, baseline_run_name, default_run_name  # noqa: F401  (the scripts' run names)
 
 MONITOR = "val_accuracy"
 # Carried by every study row of a model whose backbone came from an int8 checkpoint (README, "Weights").
@@ -315,7 +315,7 @@ class LearningRateLog(keras.callbacks.Callback):
 
 # --- surviving an interruption ---------------------------------------------------------------------
 class Journal:
-    """The backup folder (modelio.backup_dir of the model folder) of an unfinished run:
+    """The backup folder (ModelFolder.backup_dir) of an unfinished run:
 
         state.json          the config fingerprint, the finished stages, and the last two epoch
                             snapshots (history so far + BestKeeper's state)
@@ -389,7 +389,7 @@ class Journal:
 
     def _write(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        modelio.write_json(self.folder / self.STATE, {"fingerprint": self.fingerprint, "stages": self.stages,
+        write_json(self.folder / self.STATE, {"fingerprint": self.fingerprint, "stages": self.stages,
                                                       "snapshots": self.snapshots})
         keep = {s["best_file"] for s in self.snapshots}
         for path in self.folder.glob("best-*.npz"):
@@ -640,19 +640,10 @@ def save_run(cfg: Config, folder: str | os.PathLike, model: keras.Model, meta: d
     """Write the model folder completely under a temporary name, then swap it in: an interrupted run
     never leaves a half-written folder, and files of an older model (e.g. its TFLite exports) never
     sit beside a new model."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = folder.parent / f".partial-{folder.name}"
-    shutil.rmtree(partial, ignore_errors=True)
-    modelio.save_model_folder(partial, model, meta, history)
-    save_resolved(cfg, partial)
-    old = folder.parent / f".old-{folder.name}"
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(partial, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    with replacing_folder(folder) as partial:
+        modelio.save_model_folder(partial, model, meta, history)
+        save_resolved(cfg, partial)
+    return Path(folder)
 
 
 def baseline_overrides(cfg: Config) -> list[str]:
@@ -665,27 +656,25 @@ def train(cfg: Config, data_dir: str | os.PathLike, models_dir: str | os.PathLik
     """Train cfg.model on data_dir and write models_dir/<run_name>/ (default run name:
     '<experiment>-<model.name>'); logs to W&B (job_type train) per cfg.wandb. Returns the folder.
 
-    Every epoch is backed up in modelio.backup_dir(models_dir/<run_name>), so the same command
+    Every epoch is backed up in ModelFolder(models_dir/<run_name>).backup_dir, so the same command
     resumes an interrupted run; the finished folder replaces it. In a multi-worker run every worker
     calls this; only the chief writes the folder, the backup and the W&B run. The others save to a
     temporary folder they delete (saving reads variables with collective ops, so all must)."""
     run_name = run_name or default_run_name(cfg)
-    if not run_name.strip() or "/" in run_name or run_name.startswith("."):
-        raise UserError(f"run name {run_name!r} must be a plain folder name (no '/', not starting with '.')")
+    final = ModelFolder.under(models_dir, run_name)
     strategy = make_strategy(cfg.train.strategy)  # before any other TensorFlow op (see fit)
     chief = is_chief(strategy)
     if not chief:
         print(f"{worker_label(strategy)} is not the chief: no W&B run, and its copy of the model goes to a "
               "temporary folder that is deleted", flush=True)
     run = tracking.start_run(cfg, "train", name=run_name) if chief else None
-    final = Path(models_dir) / run_name
     try:
-        result = fit(cfg, data_dir, callbacks=[tracking.epoch_logger(run)], backup_dir=modelio.backup_dir(final),
+        result = fit(cfg, data_dir, callbacks=[tracking.epoch_logger(run)], backup_dir=final.backup_dir,
                      strategy=strategy)
         probs = predict(result.model, result.val)
         val_top1 = top1(probs, result.val.labels)
         meta = build_meta(cfg, run_name, result, val_top1)
-        target = final if chief else Path(tempfile.mkdtemp(prefix="mushroom-worker-")) / run_name
+        target = final.path if chief else Path(tempfile.mkdtemp(prefix="mushroom-worker-")) / run_name
         folder = save_run(cfg, target, result.model, meta, result.history)
         tracking.log(run, {"val_top1": val_top1, "train_seconds": result.seconds})
         if run is not None:

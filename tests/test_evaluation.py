@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from mushroom.errors import UserError
-from mushroom.evaluation import CONTRACT_KEYS, evaluate_all, latency_ms, model_files
-from mushroom.modelio import find_model_folders  # noqa: F401
+from mushroom.evaluation import CONTRACT_KEYS, evaluate_all, latency_ms
+from mushroom.modelio import ModelFolder, find_model_folders  # noqa: F401
 from mushroom import openset
 
 
@@ -95,7 +95,7 @@ def test_missing_formats_and_folders_are_clear_errors(tiny_model_folder, tmp_pat
     t = tiny_model_folder
     with pytest.raises(UserError, match="train a model first"):
         evaluate_all(t["cfg"], [], t["data_dir"], tmp_path)
-    assert list(model_files(t["folder"])) == ["keras", "float32", "ptq_int8"]
+    assert list(ModelFolder(t["folder"]).files()) == ["keras", "float32", "ptq_int8"]
     with pytest.raises(UserError, match="run quantize_qat.py"):
         evaluate_all(t["cfg"], [t["folder"]], t["data_dir"], tmp_path, formats=["qat_int8"], log=lambda s: None)
 

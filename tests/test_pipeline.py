@@ -4,7 +4,8 @@ import pytest
 
 from mushroom.config import PROJECT_ROOT, load_config
 from mushroom.errors import UserError
-from mushroom.pipeline import Stage, _data_complete, _model_complete, _newer, plan, run_pipeline, run_stage
+from mushroom.modelio import ModelFolder
+from mushroom.pipeline import Stage, _data_complete, _newer, plan, run_pipeline, run_stage
 
 
 def _cfg(tmp_path, *extra):
@@ -59,9 +60,9 @@ def test_completeness_checks(tmp_path, photo_folder):
     folder = tmp_path / "models" / "m"
     folder.mkdir(parents=True)
     (folder / "meta.json").write_text("{}")
-    assert not _model_complete(folder)
+    assert not ModelFolder(folder).is_complete()
     (folder / "model.keras").write_text("x")
-    assert _model_complete(folder)
+    assert ModelFolder(folder).is_complete()
     target = tmp_path / "reports" / "metrics.json"
     assert not _newer(target, [folder])
     target.parent.mkdir()
