@@ -25,7 +25,7 @@ SCALING_LAYER_NAMES = ("rescaling", "normalization", "caffe_preprocess")
 
 @dataclass(frozen=True)
 class Backbone:
-    build: Callable[[keras.layers.Layer, object], tuple]   # (inputs, weights) -> (features, n_backbone_layers)
+    build: Callable[[keras.layers.Layer, object], tuple]   # (inputs, weights) -> (features, Keras application or None)
     preprocessing: str                                      # how raw [0, 255] pixels are scaled, inside the model
     default_size: int
 
