@@ -8,7 +8,6 @@ are already complete unless --force. A failing stage stops the run and is named.
 """
 from __future__ import annotations
 
-import json
 import os
 import resource
 import shlex
@@ -22,6 +21,7 @@ from typing import Callable
 
 from mushroom.config import PROJECT_ROOT, Config
 from mushroom.errors import UserError
+from mushroom.fileio import write_json
 from mushroom.manifest import manifest_path, read_manifest
 from mushroom.modelio import ModelFolder
 
@@ -160,10 +160,8 @@ def run_pipeline(cfg: Config, config_path: str, overrides: list[str], from_folde
             raise UserError(f"stage '{stage.name}' failed (exit {code}); its message is above. Fix it and "
                             "rerun the same command: completed stages are skipped")
     print(f"\n{run.table()}", flush=True)
-    reports = Path(cfg.paths.reports_dir)
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / "pipeline.json").write_text(json.dumps(
-        {"stages": [{"name": s.name, "status": s.status, "seconds": s.seconds, "peak_rss_gb": s.peak_rss_gb}
-                    for s in run.stages], "notes": run.notes,
-         "peak_rss_gb_self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}, indent=2))
+    write_json(Path(cfg.paths.reports_dir) / "pipeline.json", {
+        "stages": [{"name": s.name, "status": s.status, "seconds": s.seconds, "peak_rss_gb": s.peak_rss_gb}
+                   for s in run.stages], "notes": run.notes,
+        "peak_rss_gb_self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2})
     return run

@@ -85,3 +85,15 @@ def test_a_failing_stage_stops_the_run_and_is_named(tmp_path, monkeypatch):
         # weights null: the run must not depend on ../shared/weights being on this machine
         run_pipeline(_cfg(tmp_path, "model.weights=null", "baseline.weights=null"), "configs/demo.yaml", [])
     assert skipped.status == "skipped" and bad.status == "failed"
+
+
+def test_a_finished_run_writes_its_stage_table(tmp_path, monkeypatch):
+    import json
+
+    ok = Stage("fine", [sys.executable, "-c", "print('hi')"], lambda: False)
+    skipped = Stage("already done", [sys.executable, "-c", "raise SystemExit(9)"], lambda: True)
+    monkeypatch.setattr("mushroom.pipeline.plan", lambda *a, **k: [skipped, ok])
+    run_pipeline(_cfg(tmp_path, "model.weights=null", "baseline.weights=null"), "configs/demo.yaml", [])
+    written = json.loads((tmp_path / "reports" / "pipeline.json").read_text())
+    assert [(s["name"], s["status"]) for s in written["stages"]] == [("already done", "skipped"), ("fine", "ok")]
+    assert written["peak_rss_gb_self"] > 0 and not list((tmp_path / "reports").glob(".partial-*"))
