@@ -16,7 +16,8 @@ import numpy as np
 
 from mushroom.config import Config
 from mushroom.errors import UserError
-from mushroom.images import atomic_write, load_image
+from mushroom.fileio import atomic_write
+from mushroom.images import load_image
 from mushroom.species import selected_species, unknown_species
 
 COLUMNS = ("photo_id", "observation_id", "taxon_id", "species", "split", "path", "url",
@@ -52,7 +53,7 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({c: row.get(c, "") for c in COLUMNS})
-    atomic_write(path, buf.getvalue().encode("utf-8"))
+    atomic_write(path, buf.getvalue())
 
 
 def split_rows(rows: list[dict], split: str) -> list[dict]:
