@@ -222,7 +222,7 @@ def find_model_folders(models_dir: str | os.PathLike) -> list[Path]:
     return sorted(p for p in root.iterdir() if ModelFolder(p).is_complete())
 
 
-# --- the functions most callers need -----------------------------------------------------------------
+# --- shortcuts for the many callers holding a plain path -----------------------------------------
 def backup_dir(folder: str | os.PathLike) -> Path:
     return ModelFolder(folder).backup_dir
 
