@@ -75,3 +75,12 @@ def replacing_folder(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(path, old)
     os.replace(partial, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_partials(folder: str | os.PathLike) -> int:
+    """Delete the temporary files an interrupted run left under `folder`; returns how many."""
+    n = 0
+    for p in Path(folder).rglob(PARTIAL_PREFIX + "*"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -89,29 +88,3 @@ def as_jpeg(data: bytes, what: str = "photo") -> bytes:
     buf = io.BytesIO()
     decode(data, what).save(buf, format="JPEG", quality=95)
     return buf.getvalue()
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary name in the same folder, fsync, then rename: a reader (or a rerun after
-    kill -9) sees either no file or the complete one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def remove_partials(folder: str | os.PathLike) -> int:
-    """Delete temporary files an interrupted run left behind; returns how many."""
-    n = 0
-    for p in Path(folder).rglob(".partial-*"):
-        p.unlink(missing_ok=True)
-        n += 1
-    return n

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from mushroom.config import Config
 from mushroom.errors import UserError
-from mushroom.images import BadImage, as_jpeg, atomic_write, describe_bytes, remove_partials
+from mushroom.fileio import atomic_write, remove_partials
+from mushroom.images import BadImage, as_jpeg, describe_bytes
 from mushroom.manifest import COLUMNS, SPLITS, UNKNOWN, counts_table, manifest_path, read_manifest, write_manifest
 from mushroom.species import Species
 from mushroom.splits import assign_splits

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mushroom.images import BadImage, atomic_write, decode, describe_bytes, load_image, remove_partials, resize_with_pad
+from mushroom.fileio import atomic_write, remove_partials
+from mushroom.images import BadImage, decode, describe_bytes, load_image, resize_with_pad
 
 
 def _jpeg(img: Image.Image, **kw) -> bytes:
