@@ -15,7 +15,11 @@ Verdict rules (safety first; thresholds from cfg.predict). Each rule that fires 
   choice/edible/caution, no poisonous/deadly species holds more than danger_threshold (rule
   dangerous_probability otherwise), and the top-1 species has no poisonous, deadly or ungraded
   look-alike that the model was not trained on (rule unknown_look_alike otherwise: a model cannot
-  tell apart what it never saw, e.g. Armillaria mellea and Galerina marginata). The danger check
+  tell apart what it never saw, e.g. Armillaria mellea and Galerina marginata), and the photo's
+  unknown-species score is below the stricter edible threshold (fitted to flag
+  predict.edible_unknown_recall of the unknown-val photos, e.g. 99 %; rule unknown_margin
+  otherwise: a photo just short of being flagged is no evidence for a meal; measured on the demo,
+  the photos of poisonous unknown species called edible all sat between the two thresholds). The danger check
   runs over every class, not only the top_k listed: identical for the shipped top_k=5 (with top-1
   >= 0.90 the sixth place holds at most 0.02), and never weaker when top_k is configured smaller.
   A caution species that passes carries its note in the reasons. Look-alikes the model knows do
@@ -42,6 +46,7 @@ JSON (`Answer.to_json`, a stable contract read by other tools):
      "look_alikes": [{"name", "of_species", "edibility", "in_model", "note"}, ...],
      "unknown_score": float | null,                  # higher = less like any species the model knows
      "unknown_threshold": float | null,              # flagged at or above it; null: no threshold fitted
+     "unknown_edible_threshold": float | null,       # "edible" needs a score below it (stricter)
      "unknown_flagged": bool,
      "known_species": int}                           # how many species the model can name
 look_alikes.edibility is the table's grade, or "unknown (not in the model)" for a look-alike
@@ -62,10 +67,10 @@ REMINDER = ("A photo is never enough to eat a wild mushroom: have every find ide
             "by an experienced mycologist or a mushroom inspector before eating any of it.")
 UNKNOWN_EDIBILITY = "unknown (not in the model)"
 VERDICTS = ("edible", "not_edible", "uncertain", "unknown")
-RULES = ("unknown_species", "confident_edible", "unknown_look_alike", "dangerous_probability",
+RULES = ("unknown_species", "confident_edible", "unknown_look_alike", "unknown_margin", "dangerous_probability",
          "confident_not_edible", "low_certainty")
 JSON_KEYS = ("image", "top5", "certainty", "verdict", "reasons", "rules", "look_alikes", "unknown_score",
-             "unknown_threshold", "unknown_flagged", "known_species")
+             "unknown_threshold", "unknown_edible_threshold", "unknown_flagged", "known_species")
 
 GRADE_MEANING = {
     "choice": "edible and worth eating",
@@ -109,6 +114,8 @@ class Answer:
             "look_alikes": [dict(la) for la in self.look_alikes],
             "unknown_score": None if self.unknown is None else float(self.unknown.score),
             "unknown_threshold": None if self.unknown is None else float(self.unknown.threshold),
+            "unknown_edible_threshold": None if self.unknown is None or self.unknown.edible_threshold is None
+            else float(self.unknown.edible_threshold),
             "unknown_flagged": bool(self.unknown is not None and self.unknown.flagged),
             "known_species": int(self.known_species),
         }
@@ -121,10 +128,22 @@ class UnknownCheck:
     threshold: float
     name: str = "msp"                 # which score (openset.SCORES)
     recall: float | None = None       # share of unknown-val photos the threshold flags
+    edible_threshold: float | None = None   # "edible" only below it (None: no stricter threshold)
+    edible_recall: float | None = None      # share of unknown-val photos at or above edible_threshold
+
+    @classmethod
+    def from_record(cls, score: float, record: Mapping) -> "UnknownCheck":
+        """The check for one score against a format's record in open_set.json."""
+        return cls(float(score), float(record["threshold"]), record["score"], record.get("unknown_recall"),
+                   record.get("edible_threshold"), record.get("edible_recall"))
 
     @property
     def flagged(self) -> bool:
         return bool(self.score >= self.threshold)
+
+    @property
+    def too_close_for_edible(self) -> bool:
+        return self.edible_threshold is not None and bool(self.score >= self.edible_threshold)
 
 
 # --- look-alikes ----------------------------------------------------------------------------------
@@ -313,6 +332,7 @@ def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
                 if species[i].is_dangerous and p[i] > danger_t]
 
     unseen = [la for la in look_alikes if la["of_species"] == best.name and _unseen_danger(la)]
+    margin = unknown is not None and unknown.too_close_for_edible
     reasons: list[str] = []
     rules: list[str] = []
     if unknown is not None and unknown.flagged:
@@ -324,7 +344,7 @@ def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
                        f"{unknown.threshold:.3g}{share}. It may be a species the model cannot name; the "
                        f"list shows only what it resembles most.")
         reasons.append("Do not eat this mushroom: the model does not know it.")
-    elif best.is_edible and p1 >= edible_t and not blockers and not unseen:
+    elif best.is_edible and p1 >= edible_t and not blockers and not unseen and not margin:
         verdict = "edible"
         rules.append("confident_edible")
         reasons.append(f"The most likely species is {_label(best)} with a calibrated probability of "
@@ -356,10 +376,14 @@ def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
             reasons.append(f"The most likely species, {_label(best)}, graded {best.edibility}, has a "
                            f"calibrated probability of {_pct(p1, edible_t)}, but a poisonous or "
                            f"deadly species holds too much probability to rule it out.")
-        elif best.is_edible:
+        elif best.is_edible and unseen:
             reasons.append(f"The most likely species, {_label(best)}, graded {best.edibility}, has a "
                            f"calibrated probability of {_pct(p1, edible_t)}, but it has a dangerous "
                            f"look-alike that this model was never trained on.")
+        elif best.is_edible:
+            reasons.append(f"The most likely species, {_label(best)}, graded {best.edibility}, has a "
+                           f"calibrated probability of {_pct(p1, edible_t)}, but the photo is not typical "
+                           f"enough of the species this model knows to call it edible.")
         else:
             rules.append("low_certainty")
             reasons.append(f"The most likely species, {_label(best)}, graded {best.edibility}, has a "
@@ -380,6 +404,13 @@ def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
                 reasons.append(f"{best.name} has a look-alike, {la['name']}, {what}, that this model was "
                                f"never trained on: it cannot tell the two apart from a photo, so it never "
                                f"calls {best.name} edible.")
+        if best.is_edible and p1 >= edible_t and margin:
+            rules.append("unknown_margin")
+            share = f"; {_threshold(unknown.edible_recall)} of photos of species it never learnt score at or above it" \
+                if unknown.edible_recall else ""
+            reasons.append(f"Its unknown-species score is {unknown.score:.3g}: not flagged as unknown, but at "
+                           f"or above {unknown.edible_threshold:.3g}, the stricter limit a photo must stay "
+                           f"below to be called edible{share}.")
         reasons.append("Do not eat this mushroom: the model is not certain enough to call it edible.")
     if unknown is None:
         reasons.append("No unknown-species threshold was fitted for this model (run evaluate.py): it "

@@ -188,7 +188,9 @@ def bundle(cfg: Config, folder: Path, fmt: str, details: dict, open_set: dict | 
     }
     if open_set is not None:
         out["open_set"] = {"score": open_set["score"], "threshold": float(open_set["threshold"]),
-                           "unknown_recall": open_set.get("unknown_recall"), "stats": openset_layout}
+                           "unknown_recall": open_set.get("unknown_recall"),
+                           "edible_threshold": open_set.get("edible_threshold"),
+                           "edible_recall": open_set.get("edible_recall"), "stats": openset_layout}
     return out
 
 

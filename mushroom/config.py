@@ -195,6 +195,7 @@ SCHEMA: dict = {
         "danger_threshold": FRACTION,
         "not_edible_threshold": FRACTION,
         "unknown_recall": Type(float, low=0.5, high=1.0),
+        "edible_unknown_recall": Type(float, low=0.5, high=1.0),
     },
     "open_set": {
         "unknown_species": Optional(ListOf(STR, unique=True)),

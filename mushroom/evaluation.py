@@ -36,7 +36,8 @@ CONTRACT_KEYS = ("model", "format", "top1", "top5", "macro_f1", "edible_precisio
                  "delta_significant")
 DELTA_KEYS = ("top1", "top5", "ece", "dangerous_error", "unknown_auroc", "known_coverage")
 # Unknown-species keys of every entry (README, "metrics.json"); null when no unknown photos were imported.
-OPEN_SET_KEYS = ("unknown_score", "unknown_threshold", "unknown_recall_target", "unknown_auroc",
+OPEN_SET_KEYS = ("unknown_score", "unknown_threshold", "unknown_recall_target", "unknown_edible_threshold",
+                 "unknown_edible_recall_target", "unknown_auroc",
                  "unknown_auroc_val", "unknown_flagged", "known_coverage", "unknown_verdict_edible",
                  "unknown_dangerous_verdict_edible", "unknown_verdict_edible_unflagged",
                  "unknown_dangerous_verdict_edible_unflagged", "n_unknown_val", "n_unknown_test",
@@ -220,15 +221,22 @@ def _open_set_entry(cfg: Config, choice: _ModelChoices, species: list[Species], 
     name = choice.score
     recall = cfg.predict.unknown_recall
     threshold = openset.fit_threshold(scores["unknown_val"][name], recall)
+    # "edible" answers to a stricter threshold: max() keeps it at or below the flagging one
+    edible_recall = max(recall, cfg.predict.edible_unknown_recall)
+    edible_threshold = min(threshold, openset.fit_threshold(scores["unknown_val"][name], edible_recall))
+    record = {"score": name, "threshold": threshold, "unknown_recall": recall,
+              "edible_threshold": edible_threshold, "edible_recall": edible_recall,
+              "auroc_val": auroc_val[name], "temperature": temperature}
     flagged_unknown = scores["unknown_test"][name] >= threshold
     flagged_known = scores["test"][name] >= threshold
     unknown_probs = openset.probabilities(outs["unknown_test"], temperature)
-    checks = [UnknownCheck(float(v), threshold, name, recall) for v in scores["unknown_test"][name]]
+    checks = [UnknownCheck.from_record(v, record) for v in scores["unknown_test"][name]]
     verdict_flagged = verdicts(unknown_probs, species, cfg, graded, checks)
     verdict_unflagged = verdicts(unknown_probs, species, cfg, graded)
     dangerous = [ops.dangerous[r["species"]] for r in ops.test.rows]
     keys.update({
         "unknown_score": name, "unknown_threshold": threshold, "unknown_recall_target": recall,
+        "unknown_edible_threshold": edible_threshold, "unknown_edible_recall_target": edible_recall,
         "unknown_auroc": auroc_test[name], "unknown_auroc_val": auroc_val[name],
         **{f"unknown_auroc_{s}": auroc_test.get(s) for s in openset.SCORES},
         **{f"unknown_auroc_val_{s}": auroc_val.get(s) for s in openset.SCORES},
@@ -240,8 +248,6 @@ def _open_set_entry(cfg: Config, choice: _ModelChoices, species: list[Species], 
         "n_unknown_val": int(len(ops.val.rows)), "n_unknown_test": int(len(ops.test.rows)),
         "n_unknown_species_val": len(ops.val_species), "n_unknown_species_test": len(ops.test_species),
     })
-    record = {"score": name, "threshold": threshold, "unknown_recall": recall,
-              "auroc_val": auroc_val[name], "temperature": temperature}
     arrays = {"known": scores["test"][name], "unknown": scores["unknown_test"][name], "threshold": threshold,
               "score": name, "known_correct": openset.log_probs(outs["test"]).argmax(1) == test.labels,
               "unknown_calibrated": unknown_probs, "unknown_verdicts": verdict_flagged}
@@ -336,8 +342,7 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
         checks = None
         if record:
             score = openset.unknown_scores(outs["test"], temperature, stats, [record["score"]])[record["score"]]
-            checks = [UnknownCheck(float(v), record["threshold"], record["score"], record["unknown_recall"])
-                      for v in score]
+            checks = [UnknownCheck.from_record(v, record) for v in score]
             open_set_records[fmt] = record
             if record["score"] == "mahalanobis":
                 stats_files[fmt] = stats

@@ -130,8 +130,8 @@ class Forager:
             if name not in openset.available_scores(outputs, self.stats):
                 raise UserError(f"{self.path} does not give what its unknown-species score ({name}) needs: "
                                 "re-export it with quantize_qat.py --force, then evaluate.py")
-            unknown = UnknownCheck(openset.find_score(outputs, self.temperature, self.stats, name),
-                                   float(self.open_set["threshold"]), name, self.open_set.get("unknown_recall"))
+            unknown = UnknownCheck.from_record(openset.find_score(outputs, self.temperature, self.stats, name),
+                                               self.open_set)
         return advise(probs, self.species, self.predict_cfg, self.table, image=image, unknown=unknown)
 
     def probabilities(self, photo: Path) -> np.ndarray:

@@ -160,6 +160,23 @@ def test_verdict_invariants_on_random_probability_vectors(cfg, classes, table):
     assert seen == set(VERDICTS)
 
 
+def test_edible_needs_a_score_below_the_stricter_edible_threshold(cfg, classes, table):
+    sure = vec(classes, {"Pleurotus ostreatus": 0.999})
+    check = lambda score: UnknownCheck(score, 0.25, "energy", 0.95, edible_threshold=0.15, edible_recall=0.99)
+    assert advise(sure, classes, cfg.predict, table, unknown=check(0.149)).verdict == "edible"
+    between = advise(sure, classes, cfg.predict, table, unknown=check(0.15))     # not flagged, not edible either
+    assert between.verdict == "uncertain" and between.rules == ["unknown_margin"]
+    assert not between.to_json()["unknown_flagged"] and between.to_json()["unknown_edible_threshold"] == 0.15
+    assert any("not typical enough" in r for r in between.reasons)
+    assert any("at or above 0.15, the stricter limit" in r and "99% of photos" in r for r in between.reasons)
+    assert advise(sure, classes, cfg.predict, table, unknown=check(0.25)).verdict == "unknown"
+    # the margin only ever takes "edible" away: a confident poisonous answer is unchanged by it
+    amanita = vec(classes, {"Amanita phalloides": 0.999})
+    assert advise(amanita, classes, cfg.predict, table, unknown=check(0.2)).verdict == "not_edible"
+    record = {"score": "energy", "threshold": 0.25, "unknown_recall": 0.95, "edible_threshold": 0.15, "edible_recall": 0.99}
+    assert UnknownCheck.from_record(0.2, record) == check(0.2)
+
+
 def test_a_flagged_photo_is_never_edible(cfg, classes, table):
     sure = vec(classes, {"Pleurotus ostreatus": 0.999})
     passed = advise(sure, classes, cfg.predict, table, unknown=UnknownCheck(0.10, 0.25, "energy", 0.95))

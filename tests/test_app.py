@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from mushroom import openset
-from mushroom.advice import UnknownCheck, advise, look_alike_table
+from mushroom.advice import RULES, UnknownCheck, advise, look_alike_table
 from mushroom.app import (BUNDLE_FILE, MODEL_FILE, OPENSET_FILE, build_app, check_same_outputs, fix_batch,
                           openset_binary, site_bytes)
 from mushroom.config import PROJECT_ROOT
@@ -207,11 +207,16 @@ def test_js_verdict_rules_match_advise(cfg):
             if i % 3:
                 score = float(rng.choice([rng.normal(2800, 300), 2838.267935462564, -3.5, 0.25]))
                 threshold = float(rng.choice([2838.267935462564, 0.3, -4.0]))
-                unknown = UnknownCheck(score, threshold, "mahalanobis", float(rng.choice([0.95, 0.9])) if i % 2 else None)
+                # a stricter edible threshold half the time, sometimes between the score and the flagging one
+                edible_t = None if i % 4 < 2 else float(min(threshold, rng.choice([score - 1e-3, score + 1e-3, threshold])))
+                unknown = UnknownCheck(score, threshold, "mahalanobis", float(rng.choice([0.95, 0.9])) if i % 2 else None,
+                                       edible_t, 0.99 if edible_t is not None and i % 8 < 6 else None)
             expected.append(advise(p, classes, cfg.predict, table, image=f"photo{i}.jpg", unknown=unknown).to_json())
             cases.append({"p": p.tolist(), "image": f"photo{i}.jpg",
                           "unknown": None if unknown is None else {"score": unknown.score, "threshold": unknown.threshold,
-                                                                   "name": unknown.name, "recall": unknown.recall}})
+                                                                   "name": unknown.name, "recall": unknown.recall,
+                                                                   "edible_threshold": unknown.edible_threshold,
+                                                                   "edible_recall": unknown.edible_recall}})
         payload.append({"bundle": bundle, "cases": cases})
     got = run_node("""
 import {advise} from './decision.js';
@@ -223,8 +228,7 @@ console.log(JSON.stringify(out));
     verdicts = {a["verdict"] for a in expected}
     rules = {r for a in expected for r in a["rules"]}
     assert verdicts == {"edible", "not_edible", "uncertain", "unknown"}       # every branch was reached
-    assert rules == {"unknown_species", "confident_edible", "unknown_look_alike", "dangerous_probability",
-                     "confident_not_edible", "low_certainty"}
+    assert rules == set(RULES)                                               # and every rule fired
     mismatches = [(e, g) for e, g in zip(expected, got) if e != g]
     assert not mismatches, json.dumps(mismatches[0], indent=1)[:4000]
 

@@ -161,7 +161,8 @@ export function answerFind(bundle, outputsList, stats, image = null) {
   if (os) {
     let s = 0;
     for (const o of outputsList) s += unknownScore(os.score, o, bundle.temperature, stats);
-    unknown = {score: s / outputsList.length, threshold: os.threshold, name: os.score, recall: os.unknown_recall};
+    unknown = {score: s / outputsList.length, threshold: os.threshold, name: os.score, recall: os.unknown_recall,
+      edible_threshold: os.edible_threshold ?? null, edible_recall: os.edible_recall ?? null};
   }
   return advise(probs, bundle, unknown, image);
 }
@@ -221,13 +222,15 @@ export function advise(probsIn, bundle, unknown = null, image = null) {
   const reasons = [], rules = [];
   let verdict;
   const flagged = unknown !== null && unknown.score >= unknown.threshold;
+  // advice.UnknownCheck.too_close_for_edible
+  const margin = unknown !== null && unknown.edible_threshold != null && unknown.score >= unknown.edible_threshold;
   if (flagged) {
     verdict = 'unknown';
     rules.push('unknown_species');
     const share = unknown.recall ? `, which flags ${threshold(unknown.recall)} of photos of species it never learnt` : '';
     reasons.push(`This photo does not look like any of the ${classes.length} species this model knows: its unknown-species score is ${formatG(unknown.score, 3)}, at or above the threshold ${formatG(unknown.threshold, 3)}${share}. It may be a species the model cannot name; the list shows only what it resembles most.`);
     reasons.push('Do not eat this mushroom: the model does not know it.');
-  } else if (isEdible(best) && p1 >= edibleT && !blockers.length && !unseen.length) {
+  } else if (isEdible(best) && p1 >= edibleT && !blockers.length && !unseen.length && !margin) {
     verdict = 'edible';
     rules.push('confident_edible');
     reasons.push(`The most likely species is ${label(best)} with a calibrated probability of ${pct(p1, edibleT)}, at or above the ${threshold(edibleT)} needed before a mushroom may be called edible.`);
@@ -249,8 +252,10 @@ export function advise(probsIn, bundle, unknown = null, image = null) {
       reasons.push(`The most likely species, ${label(best)}, graded ${best.edibility}, has a calibrated probability of only ${pct(p1, edibleT)}, below the ${threshold(edibleT)} needed before a mushroom may be called edible.`);
     } else if (isEdible(best) && blockers.length) {
       reasons.push(`The most likely species, ${label(best)}, graded ${best.edibility}, has a calibrated probability of ${pct(p1, edibleT)}, but a poisonous or deadly species holds too much probability to rule it out.`);
-    } else if (isEdible(best)) {
+    } else if (isEdible(best) && unseen.length) {
       reasons.push(`The most likely species, ${label(best)}, graded ${best.edibility}, has a calibrated probability of ${pct(p1, edibleT)}, but it has a dangerous look-alike that this model was never trained on.`);
+    } else if (isEdible(best)) {
+      reasons.push(`The most likely species, ${label(best)}, graded ${best.edibility}, has a calibrated probability of ${pct(p1, edibleT)}, but the photo is not typical enough of the species this model knows to call it edible.`);
     } else {
       rules.push('low_certainty');
       reasons.push(`The most likely species, ${label(best)}, graded ${best.edibility}, has a calibrated probability of only ${pct(p1, notEdibleT)}, below the ${threshold(notEdibleT)} needed to name it with confidence.`);
@@ -265,6 +270,11 @@ export function advise(probsIn, bundle, unknown = null, image = null) {
         const what = (la.in_table ? `graded ${la.edibility}` : 'not in the species table') + (la.note ? ` (${la.note})` : '');
         reasons.push(`${best.name} has a look-alike, ${la.name}, ${what}, that this model was never trained on: it cannot tell the two apart from a photo, so it never calls ${best.name} edible.`);
       }
+    }
+    if (isEdible(best) && p1 >= edibleT && margin) {
+      rules.push('unknown_margin');
+      const share = unknown.edible_recall ? `; ${threshold(unknown.edible_recall)} of photos of species it never learnt score at or above it` : '';
+      reasons.push(`Its unknown-species score is ${formatG(unknown.score, 3)}: not flagged as unknown, but at or above ${formatG(unknown.edible_threshold, 3)}, the stricter limit a photo must stay below to be called edible${share}.`);
     }
     reasons.push('Do not eat this mushroom: the model is not certain enough to call it edible.');
   }
@@ -283,6 +293,7 @@ export function advise(probsIn, bundle, unknown = null, image = null) {
     look_alikes: lookAlikes.map(({name, of_species, edibility, in_model, note}) => ({name, of_species, edibility, in_model, note})),
     unknown_score: unknown === null ? null : unknown.score,
     unknown_threshold: unknown === null ? null : unknown.threshold,
+    unknown_edible_threshold: unknown === null || unknown.edible_threshold == null ? null : unknown.edible_threshold,
     unknown_flagged: flagged,
     known_species: classes.length,
   };
