@@ -8,11 +8,11 @@ Quiet by default: TensorFlow's start-up lines (CUDA probing on a machine without
 child processes too (they import this module). `--verbose` on any script, or MUSHROOM_VERBOSE=1,
 brings them back.
 """
-import contextlib
 import os
-import sys
 
-VERBOSE = os.environ.get("MUSHROOM_VERBOSE", "") not in ("", "0") or "--verbose" in sys.argv[1:]
+from mushroom.quiet import native_stderr_silenced, verbose
+
+VERBOSE = verbose()
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 if VERBOSE:
@@ -22,27 +22,8 @@ else:
     # are the failed cuInit of a machine without a GPU.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-
-@contextlib.contextmanager
-def _quiet_fd2():
-    """Point file descriptor 2 at /dev/null: the CUDA stub prints there from C++ while the
-    libraries load, before any log level is read. A failing import still raises after the
-    descriptor is restored, so its traceback is shown."""
-    if VERBOSE:
-        yield
-        return
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-with _quiet_fd2():
+# The CUDA stub prints while the libraries load, before any log level is read.
+with native_stderr_silenced():
     import tensorflow as tf  # noqa: E402
     import tf_keras as keras  # noqa: E402
 

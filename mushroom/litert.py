@@ -15,6 +15,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from mushroom.errors import UserError
+from mushroom.quiet import native_stderr_silenced
 
 INTEGER_DTYPES = (np.uint8, np.int8, np.int16)
 
@@ -69,8 +70,9 @@ class TFLiteModel:
         if self.path.stat().st_size == 0:
             raise UserError(f"{self.path} is empty: re-export it with quantize_qat.py <model folder> --force")
         try:
-            self._interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
-            self._interpreter.allocate_tensors()
+            with native_stderr_silenced():   # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                self._interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
+                self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"{self.path} is not a valid TFLite model ({first}): "

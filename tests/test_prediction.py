@@ -110,6 +110,7 @@ def test_cli_text_answer_and_folder_input(tiny_model_folder):
     t = tiny_model_folder
     out = _predict(t, t["photos"] / "Boletus_edulis")
     assert out.returncode == 0, out.stderr
+    assert "XNNPACK" not in out.stderr and "INFO:" not in out.stderr   # LiteRT's start-up notice is hidden
     assert out.stdout.count("never enough to eat a wild mushroom") == 12
     assert "this model knows 3 species; no unknown-species threshold is fitted" in out.stdout
 
