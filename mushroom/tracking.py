@@ -100,7 +100,12 @@ def _quiet_settings(mode: str):
     stage's own output; the one line start_run prints says what matters. --verbose keeps them."""
     import wandb
 
-    return wandb.Settings(silent=mode == "offline" and not _verbose())
+    silent = mode == "offline" and not _verbose()
+    if silent:
+        # wandb's own messages outside a run's settings (e.g. "Adding directory to artifact") follow
+        # the process-wide setup, which reads this variable when the first run starts.
+        os.environ.setdefault("WANDB_SILENT", "true")
+    return wandb.Settings(silent=silent)
 
 
 def log(run, metrics: dict, step: int | None = None) -> None:
