@@ -451,8 +451,10 @@ def format_text(answer: Answer, image_name: str | None = None) -> str:
     lines.append(f"Certainty: {_pct(answer.certainty)} ({answer.certainty_level})")
     if answer.unknown is not None:
         u = answer.unknown
-        lines.append(f"Unknown-species check: score {u.score:.3g}, threshold {u.threshold:.3g}: "
-                     + ("FLAGGED, not like any species the model knows" if u.flagged else "passed"))
+        edible = "" if u.edible_threshold is None else f", 'edible' only below {u.edible_threshold:.3g}"
+        lines.append(f"Unknown-species check: score {u.score:.3g}, threshold {u.threshold:.3g}{edible}: "
+                     + ("FLAGGED, not like any species the model knows" if u.flagged
+                        else "passed, too close for 'edible'" if u.too_close_for_edible else "passed"))
     lines.append(f"Verdict: {_VERDICT_TEXT[answer.verdict]}")
     lines.append("Reasons:")
     lines.extend(f"  - {r}" for r in answer.reasons if r != REMINDER)
