@@ -130,12 +130,23 @@ class UnknownCheck:
     recall: float | None = None       # share of unknown-val photos the threshold flags
     edible_threshold: float | None = None   # "edible" only below it (None: no stricter threshold)
     edible_recall: float | None = None      # share of unknown-val photos at or above edible_threshold
+    # A find of several photos: its highest single-photo score, held against edible_threshold (the
+    # mean `score` decides the flag, as measured). Every photo must look familiar before "edible":
+    # one flagged photo averaged with a confident one of another mushroom must not pass.
+    worst_photo_score: float | None = None
 
     @classmethod
-    def from_record(cls, score: float, record: Mapping) -> "UnknownCheck":
-        """The check for one score against a format's record in open_set.json."""
+    def from_record(cls, score: float, record: Mapping, worst_photo_score: float | None = None) -> "UnknownCheck":
+        """The check for one score (a find: the mean of its photos' scores, and their maximum)
+        against a format's record in open_set.json."""
         return cls(float(score), float(record["threshold"]), record["score"], record.get("unknown_recall"),
-                   record.get("edible_threshold"), record.get("edible_recall"))
+                   record.get("edible_threshold"), record.get("edible_recall"),
+                   None if worst_photo_score is None else float(worst_photo_score))
+
+    @property
+    def edible_score(self) -> float:
+        """The score held against edible_threshold."""
+        return self.score if self.worst_photo_score is None else max(self.score, self.worst_photo_score)
 
     @property
     def flagged(self) -> bool:
@@ -143,7 +154,7 @@ class UnknownCheck:
 
     @property
     def too_close_for_edible(self) -> bool:
-        return self.edible_threshold is not None and bool(self.score >= self.edible_threshold)
+        return self.edible_threshold is not None and bool(self.edible_score >= self.edible_threshold)
 
 
 # --- look-alikes ----------------------------------------------------------------------------------
@@ -408,7 +419,9 @@ def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
             rules.append("unknown_margin")
             share = f"; {_threshold(unknown.edible_recall)} of photos of species it never learnt score at or above it" \
                 if unknown.edible_recall else ""
-            reasons.append(f"Its unknown-species score is {unknown.score:.3g}: not flagged as unknown, but at "
+            what = ("Its unknown-species score is" if unknown.edible_score == unknown.score
+                    else "One of its photos has an unknown-species score of")
+            reasons.append(f"{what} {unknown.edible_score:.3g}: not flagged as unknown, but at "
                            f"or above {unknown.edible_threshold:.3g}, the stricter limit a photo must stay "
                            f"below to be called edible{share}.")
         reasons.append("Do not eat this mushroom: the model is not certain enough to call it edible.")

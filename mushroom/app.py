@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mushroom import openset
 from mushroom.advice import GRADE_MEANING, JSON_KEYS, REMINDER, RULES, UNKNOWN_EDIBILITY, VERDICTS, look_alike_table
 from mushroom.config import PROJECT_ROOT, Config
 from mushroom.errors import UserError
@@ -147,17 +148,16 @@ def openset_binary(stats: dict) -> tuple[bytes, dict]:
     triangular as a Cholesky factor is; else all of it). The page computes x W and then
     |xW|^2 - 2 xW.mW + |mW|^2, the terms of openset.mahalanobis, with mW and |mW|^2 bit-identical
     to predict.py's. Classes without training photos (NaN means) are left out, as there."""
+    stats = openset.prepared(stats)   # the whitened means predict.py uses, computed by the same code
     w32 = np.asarray(stats["whiten"], np.float32)
     w = w32.astype(np.float64)
-    means = np.asarray(stats["means"], np.float64)
-    means = means[np.all(np.isfinite(means), axis=1)]
-    mw = means @ w
+    mw = stats["means_whitened"]
     norms = (mw ** 2).sum(1)
     lower = bool(np.all(np.triu(w32, 1) == 0))
     tri = w32[np.tril_indices(w32.shape[0])] if lower else w32.ravel()
     parts = [np.ascontiguousarray(mw, "<f8").tobytes(), np.ascontiguousarray(norms, "<f8").tobytes(),
              np.ascontiguousarray(tri, "<f4").tobytes()]
-    layout = {"file": OPENSET_FILE, "dim": int(w.shape[0]), "classes": int(len(means)),
+    layout = {"file": OPENSET_FILE, "dim": int(w.shape[0]), "classes": int(len(mw)),
               "whiten_layout": "lower" if lower else "full",
               "offsets": {"mw": 0, "mw_norm": len(parts[0]), "whiten": len(parts[0]) + len(parts[1])},
               "bytes": sum(len(p) for p in parts)}
@@ -285,9 +285,7 @@ def build_app(cfg: Config, folder: str | Path, fmt: str, dist: str | Path = DIST
         raise UserError(f"{dist / MODEL_FILE} still has a dynamic batch dimension")
     record, stats, fusion = read_open_set(folder, fmt)
     layout = None
-    if record is not None and record["score"] == "mahalanobis":
-        if stats is None:
-            raise UserError(f"{ModelFolder(folder).open_set_stats(fmt)} is missing: rerun evaluate.py on {folder}")
+    if record is not None and record["score"] == "mahalanobis":   # read_open_set raised if the stats are missing
         data, layout = openset_binary(stats)
         (dist / OPENSET_FILE).write_bytes(data)
     (dist / BUNDLE_FILE).write_text(json.dumps(bundle(cfg, folder, fmt, details, record, fusion, layout),

@@ -181,9 +181,23 @@ class ModelFolder:
         if not self.open_set_file.is_file():
             return None
         try:
-            return json.loads(self.open_set_file.read_text(encoding="utf-8"))
+            data = json.loads(self.open_set_file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise UserError(f"{self.open_set_file} is not valid JSON ({exc}): rerun evaluate.py") from None
+        # Without this check a folder evaluated before "edible" had its own stricter threshold would
+        # answer "edible" on the old, looser rule, silently.
+        if any("edible_threshold" not in record for record in data.get("by_format", {}).values()):
+            raise UserError(f"{self.open_set_file} was written by an older evaluate.py, before 'edible' had its own "
+                            f"stricter unknown-species threshold: rerun evaluate.py {self.path}")
+        return data
+
+    def open_set_is_current(self) -> bool:
+        """False when open_set.json exists but predates a key predict.py now needs (evaluate reruns it)."""
+        try:
+            self.read_open_set()
+        except UserError:
+            return False
+        return True
 
     def read_open_set_stats(self, fmt: str) -> dict[str, np.ndarray]:
         path = self.open_set_stats(fmt)

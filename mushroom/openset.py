@@ -191,7 +191,15 @@ def find_score(outputs: Mapping[str, np.ndarray], temperature: float | None, sta
     single-photo threshold. Scoring the fused outputs instead made many-photo finds look familiar:
     averaging n embeddings (or logits) shrinks their noise, so on the demo a find's Mahalanobis
     distance fell with its photo count and per-find AUROC dropped to 0.40 (0.62 per photo)."""
-    return float(np.mean(unknown_scores(outputs, temperature, stats, [name])[name]))
+    return find_scores(outputs, temperature, stats, name)[0]
+
+
+def find_scores(outputs: Mapping[str, np.ndarray], temperature: float | None, stats: Mapping | None,
+                name: str) -> tuple[float, float]:
+    """(find_score, the highest single-photo score): the first decides the flag, the second the
+    stricter "edible" threshold (advice.UnknownCheck.worst_photo_score)."""
+    scores = unknown_scores(outputs, temperature, stats, [name])[name]
+    return float(np.mean(scores)), float(np.max(scores))
 
 
 def fuse(outputs: Mapping[str, np.ndarray], how: str = "mean") -> dict:

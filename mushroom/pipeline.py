@@ -101,7 +101,7 @@ def plan(cfg: Config, config_path: str, overrides: list[str], from_folder: str |
               lambda: baseline.is_quantized(formats) and not force),
         Stage("evaluate", [py, "evaluate.py", str(main_model), str(baseline), *common],
               lambda: _newer(reports_dir / "metrics.json", [main_model.path, baseline.path, data_dir / "manifest.csv"])
-              and not force),
+              and main_model.open_set_is_current() and baseline.open_set_is_current() and not force),
         Stage("README results", [py, "update_results.py", *common], lambda: False),
     ]
     # The photo is chosen when the stage runs: on a first run data/test does not exist yet.

@@ -121,7 +121,7 @@ class Forager:
     def _answer(self, outputs: dict, image: str) -> Answer:
         """The answer for the outputs of one find's photos (one row each): class probabilities from
         the fused outputs, the unknown-species score as the mean of the photos' own scores
-        (openset.find_score)."""
+        (openset.find_score), and for "edible" every photo's own score below the stricter threshold."""
         fused = openset.fuse(outputs, self.fusion) if len(outputs["probs"]) > 1 else outputs
         probs = openset.probabilities(fused, self.temperature)[0]
         unknown = None
@@ -130,8 +130,8 @@ class Forager:
             if name not in openset.available_scores(outputs, self.stats):
                 raise UserError(f"{self.path} does not give what its unknown-species score ({name}) needs: "
                                 "re-export it with quantize_qat.py --force, then evaluate.py")
-            unknown = UnknownCheck.from_record(openset.find_score(outputs, self.temperature, self.stats, name),
-                                               self.open_set)
+            mean, worst = openset.find_scores(outputs, self.temperature, self.stats, name)
+            unknown = UnknownCheck.from_record(mean, self.open_set, worst if len(outputs["probs"]) > 1 else None)
         return advise(probs, self.species, self.predict_cfg, self.table, image=image, unknown=unknown)
 
     def probabilities(self, photo: Path) -> np.ndarray:

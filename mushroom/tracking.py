@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mushroom.config import Config
 from mushroom.ingest import IngestReport
+from mushroom.quiet import verbose
 
 DEFAULT_HOST = "https://api.wandb.ai"
 
@@ -85,14 +86,10 @@ def start_run(cfg: Config, job_type: str, name: str | None = None, dir: str | os
                  "(upload later with `wandb sync`)")
             mode = "offline"
     run = wandb.init(mode=mode, settings=_quiet_settings(mode), **kwargs)
-    if mode == "offline" and not _verbose():
+    if mode == "offline" and not verbose():
         print(f"W&B: offline run in {run.dir.rsplit('/files', 1)[0]} (upload later with `wandb sync <that folder>`)",
               flush=True)
     return run
-
-
-def _verbose() -> bool:
-    return os.environ.get("MUSHROOM_VERBOSE", "") not in ("", "0")
 
 
 def _quiet_settings(mode: str):
@@ -100,7 +97,7 @@ def _quiet_settings(mode: str):
     stage's own output; the one line start_run prints says what matters. --verbose keeps them."""
     import wandb
 
-    silent = mode == "offline" and not _verbose()
+    silent = mode == "offline" and not verbose()
     if silent:
         # wandb's own messages outside a run's settings (e.g. "Adding directory to artifact") follow
         # the process-wide setup, which reads this variable when the first run starts.

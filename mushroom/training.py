@@ -552,7 +552,11 @@ def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verb
             # where this stage starts: after its last backed-up epoch, or after the stages before it
             at = (done["first_epoch"] - 1 + done["epochs_run"]) if done else resume_at or epochs_done
             snap = journal.snapshot(at)
-            if snap is None and at:
+            # The journal keeps the last two epochs' snapshots only, so a stage finished long ago may
+            # have lost its own; the next stage's checkpoint then carries everything (its snapshot's
+            # records and best-weights state are cumulative) and is loaded when that stage starts.
+            later = done is not None and journal.checkpoint_epochs(stage + 1)
+            if snap is None and at and not later:
                 raise UserError(f"the backup in {journal.folder} is inconsistent (no record of epoch {at}): delete "
                                 "that folder to train from the start")
             if snap is not None:

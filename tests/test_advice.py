@@ -175,6 +175,13 @@ def test_edible_needs_a_score_below_the_stricter_edible_threshold(cfg, classes, 
     assert advise(amanita, classes, cfg.predict, table, unknown=check(0.2)).verdict == "not_edible"
     record = {"score": "energy", "threshold": 0.25, "unknown_recall": 0.95, "edible_threshold": 0.15, "edible_recall": 0.99}
     assert UnknownCheck.from_record(0.2, record) == check(0.2)
+    # a find: the mean of its photos' scores passes both limits, but one photo is too unfamiliar
+    find = UnknownCheck.from_record(0.10, record, worst_photo_score=0.22)
+    answer = advise(sure, classes, cfg.predict, table, unknown=find)
+    assert not find.flagged and answer.verdict == "uncertain" and answer.rules == ["unknown_margin"]
+    assert any(r.startswith("One of its photos has an unknown-species score of 0.22") for r in answer.reasons)
+    assert advise(sure, classes, cfg.predict, table,
+                  unknown=UnknownCheck.from_record(0.10, record, worst_photo_score=0.12)).verdict == "edible"
 
 
 def test_a_flagged_photo_is_never_edible(cfg, classes, table):

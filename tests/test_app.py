@@ -85,7 +85,8 @@ def _with_open_set(tiny_model_folder, root, score="mahalanobis"):
     np.savez(folder / "open_set" / "ptq_int8.npz", **stats)
     scores = openset.unknown_scores({k: v.astype(np.float64) for k, v in out.items()}, 1.3, stats)[score]
     (folder / "open_set.json").write_text(json.dumps({
-        "by_format": {"ptq_int8": {"score": score, "threshold": float(np.quantile(scores, 0.9)), "unknown_recall": 0.95}},
+        "by_format": {"ptq_int8": {"score": score, "threshold": float(np.quantile(scores, 0.9)), "unknown_recall": 0.95,
+                                   "edible_threshold": float(np.quantile(scores, 0.8)), "edible_recall": 0.99}},
         "fusion": "mean"}))
     (folder / "temperature.json").write_text(json.dumps({"temperature": 1.3, "by_format": {"ptq_int8": 1.3}}))
     return folder, stats
@@ -209,14 +210,17 @@ def test_js_verdict_rules_match_advise(cfg):
                 threshold = float(rng.choice([2838.267935462564, 0.3, -4.0]))
                 # a stricter edible threshold half the time, sometimes between the score and the flagging one
                 edible_t = None if i % 4 < 2 else float(min(threshold, rng.choice([score - 1e-3, score + 1e-3, threshold])))
+                # a find's highest photo score, now and then, above or below the edible limit
+                worst = None if i % 5 < 3 else float(score + rng.choice([-1e-3, 2e-3, 50.0]))
                 unknown = UnknownCheck(score, threshold, "mahalanobis", float(rng.choice([0.95, 0.9])) if i % 2 else None,
-                                       edible_t, 0.99 if edible_t is not None and i % 8 < 6 else None)
+                                       edible_t, 0.99 if edible_t is not None and i % 8 < 6 else None, worst)
             expected.append(advise(p, classes, cfg.predict, table, image=f"photo{i}.jpg", unknown=unknown).to_json())
             cases.append({"p": p.tolist(), "image": f"photo{i}.jpg",
                           "unknown": None if unknown is None else {"score": unknown.score, "threshold": unknown.threshold,
                                                                    "name": unknown.name, "recall": unknown.recall,
                                                                    "edible_threshold": unknown.edible_threshold,
-                                                                   "edible_recall": unknown.edible_recall}})
+                                                                   "edible_recall": unknown.edible_recall,
+                                                                   "worst_photo_score": unknown.worst_photo_score}})
         payload.append({"bundle": bundle, "cases": cases})
     got = run_node("""
 import {advise} from './decision.js';

@@ -95,15 +95,21 @@ def test_what_is_there(tmp_path):
 def test_open_set_files_never_go_stale(tmp_path):
     mf = ModelFolder(tmp_path)
     stats = {"means": np.eye(2), "whiten": np.ones((2, 2))}
-    mf.write_open_set({"by_format": {"ptq_int8": {"score": "mahalanobis"}}}, {"ptq_int8": stats, "float32": stats})
+    rec = {"threshold": 1.0, "edible_threshold": 0.5}
+    mf.write_open_set({"by_format": {"ptq_int8": {"score": "mahalanobis", **rec}}}, {"ptq_int8": stats, "float32": stats})
     assert mf.read_open_set()["by_format"]["ptq_int8"]["score"] == "mahalanobis"
     np.testing.assert_array_equal(mf.read_open_set_stats("float32")["means"], np.eye(2))
-    mf.write_open_set({"by_format": {"float32": {"score": "energy"}}}, {})
+    mf.write_open_set({"by_format": {"float32": {"score": "energy", **rec}}}, {})
     assert not mf.open_set_stats("ptq_int8").exists() and mf.read_open_set()["by_format"].keys() == {"float32"}
     with pytest.raises(UserError, match="rerun evaluate.py"):
         mf.read_open_set_stats("ptq_int8")
     mf.write_open_set(None, {})
     assert mf.read_open_set() is None
+    # a folder evaluated before "edible" had its stricter threshold must not answer on the old rule
+    mf.write_open_set({"by_format": {"float32": {"score": "energy", "threshold": 1.0}}}, {})
+    with pytest.raises(UserError, match="older evaluate.py.*rerun evaluate.py"):
+        mf.read_open_set()
+    assert not mf.open_set_is_current()
     mf.open_set_file.write_text("{broken")
     with pytest.raises(UserError, match="not valid JSON"):
         mf.read_open_set()

@@ -134,7 +134,8 @@ def folder_with_threshold(tiny_model_folder, tmp_path):
 
     def set_threshold(score: str, threshold: float, fusion: str = "mean"):
         (folder / "open_set.json").write_text(json.dumps({
-            "by_format": {"ptq_int8": {"score": score, "threshold": threshold, "unknown_recall": 0.95}},
+            "by_format": {"ptq_int8": {"score": score, "threshold": threshold, "unknown_recall": 0.95,
+                                       "edible_threshold": threshold, "edible_recall": 0.95}},
             "fusion": fusion}))
         return Forager.load(t["cfg"], str(folder / "tflite/ptq_int8.tflite"))
     return set_threshold

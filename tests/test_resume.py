@@ -66,6 +66,24 @@ def test_resume_keeps_early_stopping_and_best_weights_state(data_dir, tmp_path, 
     assert len({round(e["val_loss"], 6) for e in epochs if e["stage"] == 1}) == 1
 
 
+def test_resume_deep_into_stage_2_after_stage_1_snapshot_was_dropped(data_dir, tmp_path, capsys):
+    """The journal keeps two snapshots: after two stage-2 epochs, stage 1's own is gone, and the
+    rerun must resume from stage 2's checkpoint instead of calling the backup inconsistent."""
+    cfg = tiny_cfg("train.stage1.epochs=2", "train.stage2.epochs=4", "train.early_stopping_patience=10")
+    backup = tmp_path / "backup"
+    with pytest.raises(Interrupt):
+        training.fit(cfg, data_dir, callbacks=[InterruptAt(4)], verbose=0, backup_dir=backup)
+    state = json.loads((backup / "state.json").read_text())
+    assert [s["epochs"] for s in state["snapshots"]] == [3, 4]        # stage 1's (epoch 2) dropped
+
+    result = training.fit(cfg, data_dir, verbose=0, backup_dir=backup)
+    out = capsys.readouterr().out
+    assert "stage 1: finished before the interruption" in out and "resuming stage 2 at epoch 5" in out
+    epochs = result.history["epochs"]
+    assert [(e["stage"], e["epoch"]) for e in epochs] == [(1, 1), (1, 2), (2, 3), (2, 4), (2, 5), (2, 6)]
+    assert result.best == {**result.best, **best_of(epochs)}
+
+
 SLOW_TRAIN = textwrap.dedent("""
     # the training script, each epoch slowed down so that a kill lands inside one
     import sys, time

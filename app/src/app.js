@@ -112,17 +112,23 @@ async function addPhotos(files, replace) {
       errors.push(err.message || String(err));
     }
   }
-  if (replace && added.length) clearFind();
-  app.find.push(...added);
-  if (errors.length) showError(errors.join(' '));
-  if (app.find.length) {
-    app.lastInputs = app.find.map((p) => p.pixels);
-    app.lastAnswer = answerFind(app.bundle, app.find.map((p) => p.outputs), app.stats, app.find.map((p) => p.name).join(', '));
-    render(app.lastAnswer);
+  // finally: an error while answering or drawing must not leave the page ignoring every later photo
+  try {
+    if (replace && added.length) clearFind();
+    app.find.push(...added);
+    if (errors.length) showError(errors.join(' '));
+    if (app.find.length) {
+      app.lastInputs = app.find.map((p) => p.pixels);
+      app.lastAnswer = answerFind(app.bundle, app.find.map((p) => p.outputs), app.stats, app.find.map((p) => p.name).join(', '));
+      render(app.lastAnswer);
+    }
+    status(ready());
+  } catch (err) {
+    showError(`This photo could not be answered (${err.message || err}). Reload the page and try again.`);
+  } finally {
+    app.busy = false;
+    app.answered = (app.answered || 0) + 1;
   }
-  status(ready());
-  app.busy = false;
-  app.answered = (app.answered || 0) + 1;
 }
 
 function clearFind() {

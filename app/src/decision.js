@@ -159,10 +159,16 @@ export function answerFind(bundle, outputsList, stats, image = null) {
   let unknown = null;
   const os = bundle.open_set;
   if (os) {
-    let s = 0;
-    for (const o of outputsList) s += unknownScore(os.score, o, bundle.temperature, stats);
+    let s = 0, worst = -Infinity;
+    for (const o of outputsList) {
+      const v = unknownScore(os.score, o, bundle.temperature, stats);
+      s += v;
+      worst = Math.max(worst, v);
+    }
+    // advice.UnknownCheck.worst_photo_score: the mean flags, every photo must pass the edible limit
     unknown = {score: s / outputsList.length, threshold: os.threshold, name: os.score, recall: os.unknown_recall,
-      edible_threshold: os.edible_threshold ?? null, edible_recall: os.edible_recall ?? null};
+      edible_threshold: os.edible_threshold ?? null, edible_recall: os.edible_recall ?? null,
+      worst_photo_score: outputsList.length > 1 ? worst : null};
   }
   return advise(probs, bundle, unknown, image);
 }
@@ -223,7 +229,9 @@ export function advise(probsIn, bundle, unknown = null, image = null) {
   let verdict;
   const flagged = unknown !== null && unknown.score >= unknown.threshold;
   // advice.UnknownCheck.too_close_for_edible
-  const margin = unknown !== null && unknown.edible_threshold != null && unknown.score >= unknown.edible_threshold;
+  const edibleScore = unknown === null ? null
+    : unknown.worst_photo_score == null ? unknown.score : Math.max(unknown.score, unknown.worst_photo_score);
+  const margin = unknown !== null && unknown.edible_threshold != null && edibleScore >= unknown.edible_threshold;
   if (flagged) {
     verdict = 'unknown';
     rules.push('unknown_species');
@@ -274,7 +282,8 @@ export function advise(probsIn, bundle, unknown = null, image = null) {
     if (isEdible(best) && p1 >= edibleT && margin) {
       rules.push('unknown_margin');
       const share = unknown.edible_recall ? `; ${threshold(unknown.edible_recall)} of photos of species it never learnt score at or above it` : '';
-      reasons.push(`Its unknown-species score is ${formatG(unknown.score, 3)}: not flagged as unknown, but at or above ${formatG(unknown.edible_threshold, 3)}, the stricter limit a photo must stay below to be called edible${share}.`);
+      const what = edibleScore === unknown.score ? 'Its unknown-species score is' : 'One of its photos has an unknown-species score of';
+      reasons.push(`${what} ${formatG(edibleScore, 3)}: not flagged as unknown, but at or above ${formatG(unknown.edible_threshold, 3)}, the stricter limit a photo must stay below to be called edible${share}.`);
     }
     reasons.push('Do not eat this mushroom: the model is not certain enough to call it edible.');
   }
