@@ -237,10 +237,6 @@ def find_model_folders(models_dir: str | os.PathLike) -> list[Path]:
 
 
 # --- shortcuts for the many callers holding a plain path -----------------------------------------
-def backup_dir(folder: str | os.PathLike) -> Path:
-    return ModelFolder(folder).backup_dir
-
-
 def read_meta(folder: str | os.PathLike) -> dict:
     return ModelFolder(folder).read_meta()
 

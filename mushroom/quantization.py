@@ -49,7 +49,8 @@ def qat_finetune(model, images: np.ndarray, labels: np.ndarray, qcfg, batch_size
         raise UserError("quantize.qat_epochs is 0, which leaves the QAT model's int8 ranges uncalibrated: "
                         "set it to 1 or more, or drop qat_int8 from quantize.formats")
     keras.utils.set_random_seed(seed)
-    rebuilt = rebuild_for_int8(model)   # once: quantize and calibrate_ranges would each rebuild it
+    # Rebuilt once here: quantize() and calibrate_ranges() then find nothing left to split and only walk its config.
+    rebuilt = rebuild_for_int8(model)
     qat = qat_configs.quantize(rebuilt)
     qat_configs.calibrate_ranges(qat, rebuilt, images[:256])
     # Batch norm in inference mode with frozen statistics: a short QAT fine-tune that updates the

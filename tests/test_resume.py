@@ -105,7 +105,7 @@ def test_sigkill_in_stage_2_then_rerun_resumes_at_the_next_epoch(data_dir, tmp_p
             "train.early_stopping_patience=10", "experiment=test", "wandb.mode=disabled",
             f"paths.models_dir={models}"]
     args = ["--data-dir", str(data_dir), *[a for s in sets for a in ("--set", s)]]
-    backup = modelio.backup_dir(models / "test-tiny")
+    backup = modelio.ModelFolder(models / "test-tiny").backup_dir
 
     def start(delay: float):
         return subprocess.Popen([sys.executable, "-c", SLOW_TRAIN, str(delay), *args], cwd=PROJECT_ROOT,
