@@ -203,16 +203,22 @@ def _resolve(name: str, note: str, of: Species, table: Mapping[str, Species],
             "in_model": name in classes, "note": note}
 
 
+def _tables(species: Sequence[Species], all_species: Sequence[Species] | None):
+    """(graded table as a list, by name, class index by name): what advise and look_alike_table
+    resolve look-alikes against, built in one place so the page's table cannot drift from predict.py's."""
+    table_list = list(all_species) if all_species is not None else list(species)
+    table = {s.name: s for s in table_list}
+    for s in species:  # a model's classes always count as known, even if the table lacks them
+        table.setdefault(s.name, s)
+    return table_list, table, {s.name: i for i, s in enumerate(species)}
+
+
 def look_alike_table(species: Sequence[Species], all_species: Sequence[Species] | None = None) -> dict[str, list[dict]]:
     """For each of the model's classes, its look-alikes resolved exactly as `advise` resolves them
     ({name, of_species, edibility, in_model, note}), plus what the sentences about them need from
     the table (common_name, in_table). The phone page (mushroom/app.py) ships this so that its
     mirror of `advise` needs no species-table logic of its own."""
-    table_list = list(all_species) if all_species is not None else list(species)
-    table = {s.name: s for s in table_list}
-    for s in species:
-        table.setdefault(s.name, s)
-    classes = {s.name: i for i, s in enumerate(species)}
+    table_list, table, classes = _tables(species, all_species)
     out = {}
     for s in species:
         rows = []
@@ -315,11 +321,7 @@ def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
     edible_t = float(predict_cfg["edible_threshold"])
     danger_t = float(predict_cfg["danger_threshold"])
     not_edible_t = float(predict_cfg["not_edible_threshold"])
-    table_list = list(all_species) if all_species is not None else list(species)
-    table = {s.name: s for s in table_list}
-    for s in species:  # a model's classes always count as known, even if the table lacks them
-        table.setdefault(s.name, s)
-    classes = {s.name: i for i, s in enumerate(species)}
+    table_list, table, classes = _tables(species, all_species)
     probs_by_name = {s.name: float(p[i]) for i, s in enumerate(species)}
 
     # Stable sort: equal probabilities keep class order, the same tie rule as np.argmax.
