@@ -51,23 +51,22 @@ def time_file(path: Path, threads: int, runs: int, warmup: int, seed: int = 0) -
 def build_files(name: str, size: int, folder: Path, formats: list[str]) -> dict[str, Path]:
     """Build a weights=None model, its QAT version, and convert every format in child processes."""
     from mushroom.models import build_model
-    from mushroom.quantization import export_format, save_qat_model
+    from mushroom.quantization import export_format, export_saved_model
     from mushroom import qat_configs
 
     mf = ModelFolder(folder)
     model = build_model(name, 6, size)
-    model.save(mf.model_file)
+    saved = {"float": export_saved_model(model, folder / "savedmodel-float")}
     if "qat_int8" in formats:
-        save_qat_model(qat_configs.quantize(model), mf.qat_model_file)
+        saved["qat"] = export_saved_model(qat_configs.quantize(model), folder / "savedmodel-qat")
     reps = np.random.default_rng(0).integers(0, 256, (16, size, size, 3)).astype(np.uint8)
     np.save(folder / "reps.npy", reps)
     files = {}
     for fmt in formats:
         files[fmt] = mf.tflite(fmt)
         t = time.perf_counter()
-        info = export_format(fmt, mf.model_file, files[fmt],
-                             representative_file=folder / "reps.npy" if fmt == "ptq_int8" else None,
-                             qat_weights=mf.qat_model_file if fmt == "qat_int8" else None)
+        info = export_format(fmt, saved["qat" if fmt == "qat_int8" else "float"], files[fmt],
+                             representative_file=folder / "reps.npy" if fmt == "ptq_int8" else None)
         print(f"  converted {name} {fmt} in {time.perf_counter() - t:.0f} s (child peak {info['peak_rss_mb']:.0f} MB)",
               flush=True)
     return files

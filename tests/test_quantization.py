@@ -241,3 +241,34 @@ def test_missing_split_and_zero_qat_epochs_are_user_errors(quantized, tmp_path):
     cfg = load_config(None, ["quantize.qat_epochs=0"])
     with pytest.raises(UserError, match="qat_epochs"):
         qat_finetune(None, np.zeros((1, SIZE, SIZE, 3), np.uint8), np.zeros(1), cfg.quantize)
+
+
+def test_saved_model_conversion_gives_what_the_keras_converter_gives(tmp_path):
+    """The stage traces a model once (export_saved_model) and converts every format from that
+    SavedModel; the files must compute exactly what TFLiteConverter.from_keras_model's do, with
+    the same signature (input "image", outputs named after their layers)."""
+    from mushroom import qat_configs
+    from mushroom.keras_env import tf
+    from mushroom.litert import TFLiteModel
+    from mushroom.models import build_model, with_outputs
+    from mushroom.quantization import convert
+
+    model = build_model("tiny", 3, SIZE)
+    x = np.random.default_rng(1).integers(0, 256, (6, SIZE, SIZE, 3)).astype(np.float32)
+    qat = qat_configs.quantize(model)
+    qat_configs.calibrate_ranges(qat, model, x)
+    for fmt, source in (("float32", model), ("qat_int8", qat)):
+        keras_path = tmp_path / f"keras_{fmt}.tflite"
+        converter = tf.lite.TFLiteConverter.from_keras_model(with_outputs(source))
+        if fmt == "qat_int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.inference_input_type = converter.inference_output_type = tf.uint8
+        keras_path.write_bytes(converter.convert())
+        saved_path = tmp_path / f"saved_{fmt}.tflite"
+        saved_path.write_bytes(convert(source, fmt))
+        old, new = TFLiteModel(keras_path), TFLiteModel(saved_path)
+        assert new._interpreter.get_signature_list() == old._interpreter.get_signature_list()
+        a, b = old.run(x), new.run(x)
+        assert a.keys() == b.keys() == {"probs", "logits", "embedding"}
+        for role in a:
+            np.testing.assert_array_equal(a[role], b[role])
