@@ -55,6 +55,7 @@ table's qualifier (e.g. "egg stage", "deadly") or "".
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
@@ -186,13 +187,20 @@ def parse_look_alikes(entries: Iterable[str]) -> list[tuple[str, str]]:
 def look_alikes_of(species: Species, table: Sequence[Species]) -> list[tuple[str, str]]:
     """The species' own look-alikes, then the species of the table that list it as theirs
     (confusion goes both ways: the death cap lists none, but three species list the death cap)."""
+    return list(_look_alikes_of(species, tuple(table)))
+
+
+# Species are frozen, so the answer depends on the arguments alone: evaluation advises ~10,000
+# photos against one table, and parsing every table entry each time was most of its 12 s.
+@functools.lru_cache(maxsize=1024)
+def _look_alikes_of(species: Species, table: tuple[Species, ...]) -> tuple[tuple[str, str], ...]:
     found = list(parse_look_alikes(species.look_alikes))
     seen = {name for name, _ in found} | {species.name}
     for other in table:
         if other.name not in seen and any(n == species.name for n, _ in parse_look_alikes(other.look_alikes)):
             found.append((other.name, ""))
             seen.add(other.name)
-    return [(n, note) for n, note in found if n != species.name]
+    return tuple((n, note) for n, note in found if n != species.name)
 
 
 def _resolve(name: str, note: str, of: Species, table: Mapping[str, Species],

@@ -203,6 +203,10 @@ SCHEMA: dict = {
         "unknown_val_fraction": Type(float, low=0.1, high=0.9),
         "score": Choice("auto", *UNKNOWN_SCORES),
     },
+    "pipeline": {
+        # Stages pipeline.py runs at once (a stage starts when the ones it needs are done).
+        "parallel_stages": Type(int, low=1, high=8),
+    },
     "wandb": {
         "project": STR,
         "entity": Optional(STR),

@@ -4,7 +4,9 @@ predict example.
 
 Each stage is the user-facing script run in a child process (so a stage's memory is returned to
 the system before the next starts and the numbers below are per stage), skipped when its outputs
-are already complete unless --force. A failing stage stops the run and is named.
+are already complete unless --force. A stage starts once the stages it needs are done; with
+pipeline.parallel_stages > 1, independent ones (the two models' train -> quantize chains) run side
+by side, each output line prefixed with its stage. A failing stage stops the run and is named.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import resource
 import shlex
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -35,8 +38,10 @@ class Stage:
     name: str
     argv: list[str] | Callable[[], list[str]]
     done: Callable[[], bool]
+    after: tuple[str, ...] = ()   # names of the stages that must have finished first
     seconds: float | None = None
     peak_rss_gb: float | None = None
+    exit_code: int | None = None
     status: str = "pending"   # pending | skipped | ok | failed
 
 
@@ -44,6 +49,7 @@ class Stage:
 class PipelineRun:
     stages: list[Stage] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    seconds: float | None = None   # wall time of the whole run (stages side by side overlap)
 
     def table(self) -> str:
         lines = [f"{'stage':24s}{'status':>10s}{'wall s':>10s}{'peak GB':>10s}"]
@@ -51,6 +57,8 @@ class PipelineRun:
             wall = f"{s.seconds:.0f}" if s.seconds is not None else "-"
             rss = f"{s.peak_rss_gb:.2f}" if s.peak_rss_gb is not None else "-"
             lines.append(f"{s.name:24s}{s.status:>10s}{wall:>10s}{rss:>10s}")
+        if self.seconds is not None:
+            lines.append(f"{'whole run':24s}{'':>10s}{self.seconds:>10.0f}")
         return "\n".join(lines)
 
 
@@ -89,24 +97,28 @@ def plan(cfg: Config, config_path: str, overrides: list[str], from_folder: str |
         download += ["--from-folder", from_folder] + (["--group-column", group_column] if group_column else [])
     formats = list(cfg.quantize.formats)
     force_flag = ["--force"] if force else []
+    train_main, train_base = f"train {cfg.model.name}", f"train {cfg.baseline.model} head"
+    quant_main, quant_base = f"quantize {cfg.model.name}", f"quantize {cfg.baseline.model} head"
     stages = [
         Stage("download", download, lambda: _data_complete(data_dir) and not force),
-        Stage(f"train {cfg.model.name}", [py, "train_efficientnet_v2.py", *common],
-              lambda: main_model.is_complete() and not force),
-        Stage(f"train {cfg.baseline.model} head", [py, "train_resnet_baseline.py", *common],
-              lambda: baseline.is_complete() and not force),
-        Stage(f"quantize {cfg.model.name}", [py, "quantize_qat.py", str(main_model), *common, *force_flag],
-              lambda: main_model.is_quantized(formats) and not force),
-        Stage(f"quantize {cfg.baseline.model} head", [py, "quantize_qat.py", str(baseline), *common, *force_flag],
-              lambda: baseline.is_quantized(formats) and not force),
+        Stage(train_main, [py, "train_efficientnet_v2.py", *common],
+              lambda: main_model.is_complete() and not force, after=("download",)),
+        Stage(train_base, [py, "train_resnet_baseline.py", *common],
+              lambda: baseline.is_complete() and not force, after=("download",)),
+        Stage(quant_main, [py, "quantize_qat.py", str(main_model), *common, *force_flag],
+              lambda: main_model.is_quantized(formats) and not force, after=(train_main,)),
+        Stage(quant_base, [py, "quantize_qat.py", str(baseline), *common, *force_flag],
+              lambda: baseline.is_quantized(formats) and not force, after=(train_base,)),
+        # Alone at the end: it times every file, and nothing else may load the cores meanwhile.
         Stage("evaluate", [py, "evaluate.py", str(main_model), str(baseline), *common],
               lambda: _newer(reports_dir / "metrics.json", [main_model.path, baseline.path, data_dir / "manifest.csv"])
-              and main_model.open_set_is_current() and baseline.open_set_is_current() and not force),
-        Stage("README results", [py, "update_results.py", *common], lambda: False),
+              and main_model.open_set_is_current() and baseline.open_set_is_current() and not force,
+              after=(quant_main, quant_base)),
+        Stage("README results", [py, "update_results.py", *common], lambda: False, after=("evaluate",)),
     ]
     # The photo is chosen when the stage runs: on a first run data/test does not exist yet.
     stages.append(Stage("predict example", lambda: [py, "predict.py", _example_photo(data_dir), *common],
-                        lambda: False))
+                        lambda: False, after=("README results",)))
     return stages
 
 
@@ -117,17 +129,77 @@ def _example_photo(data_dir: Path) -> str:
     return str(photos[0])
 
 
-def run_stage(stage: Stage) -> int:
+_print_lock = threading.Lock()
+
+
+def _say(text: str) -> None:
+    with _print_lock:
+        print(text, flush=True)
+
+
+def run_stage(stage: Stage, prefix: bool = False) -> int:
+    """Run one stage's child process to the end; its wall time and peak memory go into `stage`.
+    prefix: relay its output line by line, each line starting with [stage name] (stages side by side)."""
     argv = stage.argv() if callable(stage.argv) else stage.argv
-    print(f"\n=== {stage.name}: {shlex.join(argv[1:])}", flush=True)
+    _say(f"\n=== {stage.name}: {shlex.join(argv[1:])}")
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=PROJECT_ROOT)
+    if prefix:
+        proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace", bufsize=1)
+        for line in proc.stdout:
+            _say(f"[{stage.name}] {line.rstrip()}")
+        proc.stdout.close()
+    else:
+        proc = subprocess.Popen(argv, cwd=PROJECT_ROOT)
     _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.returncode = stage.exit_code = os.waitstatus_to_exitcode(status)
     stage.seconds = time.perf_counter() - start
     stage.peak_rss_gb = usage.ru_maxrss / 1024 ** 2   # Linux reports KiB
     stage.status = "ok" if proc.returncode == 0 else "failed"
     return proc.returncode
+
+
+def run_stages(stages: list[Stage], parallel: int = 1) -> Stage | None:
+    """Run the stages, each once every stage named in its `after` has finished (ok or skipped), up to
+    `parallel` at a time, in list order among those ready. A stage whose outputs are complete
+    (done()) is skipped. After a failure no new stage starts; the running ones finish (their
+    outputs are kept for the rerun). Returns the first failed stage, or None."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    by_name = {s.name: s for s in stages}
+    unknown = [a for s in stages for a in s.after if a not in by_name]
+    if unknown:
+        raise ValueError(f"stages wait for unknown stages: {unknown}")
+    pending, running, failed = list(stages), {}, None
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        while True:
+            started = failed is None
+            while started:  # a skipped stage can make the next one ready at once
+                started = False
+                for stage in [s for s in pending if all(by_name[a].status in ("ok", "skipped") for a in s.after)]:
+                    if len(running) >= parallel:
+                        break
+                    pending.remove(stage)
+                    started = True
+                    if stage.done():
+                        stage.status = "skipped"
+                        _say(f"\n=== {stage.name}: outputs complete, skipped (--force redoes it)")
+                        continue
+                    stage.status = "running"
+                    running[pool.submit(run_stage, stage, parallel > 1)] = stage
+            if not running:
+                if pending and failed is None:
+                    raise ValueError(f"stages that can never start (a cycle in `after`): {[s.name for s in pending]}")
+                break
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in finished:
+                stage = running.pop(future)
+                if future.result() != 0 and failed is None:
+                    failed = stage
+                    if running:
+                        _say(f"\n=== {stage.name} failed: waiting for {', '.join(s.name for s in running.values())} "
+                             "to finish (its outputs are kept for the rerun)")
+    return failed
 
 
 def run_pipeline(cfg: Config, config_path: str, overrides: list[str], from_folder: str | None = None,
@@ -149,19 +221,17 @@ def run_pipeline(cfg: Config, config_path: str, overrides: list[str], from_folde
         print(f"{BANNER}\n{msg}\n{BANNER}", flush=True)
         run.notes.append(msg)
     run.stages = plan(cfg, config_path, overrides, from_folder, group_column, force)
-    for stage in run.stages:
-        if stage.done():
-            stage.status = "skipped"
-            print(f"\n=== {stage.name}: outputs complete, skipped (--force redoes it)", flush=True)
-            continue
-        code = run_stage(stage)
-        if code != 0:
-            print(f"\n{run.table()}", flush=True)
-            raise UserError(f"stage '{stage.name}' failed (exit {code}); its message is above. Fix it and "
-                            "rerun the same command: completed stages are skipped")
+    start = time.perf_counter()
+    failed = run_stages(run.stages, cfg.pipeline.parallel_stages)
+    run.seconds = time.perf_counter() - start
+    if failed is not None:
+        print(f"\n{run.table()}", flush=True)
+        raise UserError(f"stage '{failed.name}' failed (exit {failed.exit_code}); its message is above. Fix it and "
+                        "rerun the same command: completed stages are skipped")
     print(f"\n{run.table()}", flush=True)
     write_json(Path(cfg.paths.reports_dir) / "pipeline.json", {
         "stages": [{"name": s.name, "status": s.status, "seconds": s.seconds, "peak_rss_gb": s.peak_rss_gb}
                    for s in run.stages], "notes": run.notes,
+        "seconds": run.seconds, "parallel_stages": cfg.pipeline.parallel_stages,
         "peak_rss_gb_self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2})
     return run

@@ -359,9 +359,9 @@ def quantize_model_folder(cfg, model_folder: str | os.PathLike, data_dir: str | 
         # Traced once per model here, converted per format in child processes from the SavedModel.
         saved = {}
         if any(fmt != "qat_int8" for fmt in todo):
-            saved["float"] = export_saved_model(model, Path(tmp) / "float")
+            saved["float"] = export_saved_model(model, Path(tmp) / "float-graph")
         if "qat_int8" in todo:
-            saved["qat"] = export_saved_model(qat, Path(tmp) / "qat")
+            saved["qat"] = export_saved_model(qat, Path(tmp) / "qat-graph")
         rep_file = Path(tmp) / "representative.npy"
         np.save(rep_file, reps)
         timings["export_s"] = round(time.perf_counter() - t, 2)

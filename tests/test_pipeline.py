@@ -5,7 +5,7 @@ import pytest
 from mushroom.config import PROJECT_ROOT, load_config
 from mushroom.errors import UserError
 from mushroom.modelio import ModelFolder
-from mushroom.pipeline import Stage, _data_complete, _newer, plan, run_pipeline, run_stage
+from mushroom.pipeline import Stage, _data_complete, _newer, plan, run_pipeline, run_stage, run_stages
 
 
 def _cfg(tmp_path, *extra):
@@ -38,6 +38,11 @@ def test_plan_runs_every_stage_in_order_with_the_same_config(tmp_path):
     assert stages[5].argv[2:4] == [str(tmp_path / "models" / "demo-mobilenet_v2"),
                                    str(tmp_path / "models" / "demo-mobilenet_v2-head")]
     assert not any(s.done() for s in stages)
+    # the two models' chains are independent; evaluation waits for both
+    after = {s.name: s.after for s in stages}
+    assert after["train mobilenet_v2"] == after["train mobilenet_v2 head"] == ("download",)
+    assert after["quantize mobilenet_v2 head"] == ("train mobilenet_v2 head",)
+    assert set(after["evaluate"]) == {"quantize mobilenet_v2", "quantize mobilenet_v2 head"}
 
 
 def test_a_missing_weights_file_stops_the_run_before_any_stage(tmp_path):
@@ -97,3 +102,48 @@ def test_a_finished_run_writes_its_stage_table(tmp_path, monkeypatch):
     written = json.loads((tmp_path / "reports" / "pipeline.json").read_text())
     assert [(s["name"], s["status"]) for s in written["stages"]] == [("already done", "skipped"), ("fine", "ok")]
     assert written["peak_rss_gb_self"] > 0 and not list((tmp_path / "reports").glob(".partial-*"))
+
+
+def _timed(tmp_path, name, seconds=1.0, code=0, needs=()):
+    """A stage that records when it ran in tmp_path/<name>.json, after checking its inputs exist."""
+    script = (f"import json, sys, time, pathlib; d = pathlib.Path({str(tmp_path)!r})\n"
+              f"missing = [n for n in {list(needs)!r} if not (d / (n + '.json')).is_file()]\n"
+              "if missing: sys.exit(5)\n"
+              f"t = time.time(); print('hello from {name}'); time.sleep({seconds})\n"
+              f"(d / '{name}.json').write_text(json.dumps([t, time.time()])); sys.exit({code})")
+    return Stage(name, [sys.executable, "-c", script], lambda: False, after=tuple(needs))
+
+
+def _interval(tmp_path, name):
+    import json
+    return json.loads((tmp_path / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_stages_wait_for_what_they_need_and_independent_ones_run_side_by_side(tmp_path, capsys, parallel):
+    stages = [_timed(tmp_path, "a"), _timed(tmp_path, "b"), _timed(tmp_path, "c", 0.1, needs=("a", "b"))]
+    assert run_stages(stages, parallel) is None
+    assert [s.status for s in stages] == ["ok", "ok", "ok"]
+    (a0, a1), (b0, b1), (c0, _) = (_interval(tmp_path, n) for n in "abc")
+    assert c0 >= max(a1, b1)                      # c started after both of its inputs were written
+    assert (a0 < b1 and b0 < a1) == (parallel == 2)  # a and b overlapped only when allowed to
+    out = capsys.readouterr().out
+    assert ("[a] hello from a" in out) == (parallel == 2)   # side by side, every line names its stage
+
+
+def test_after_a_failure_nothing_new_starts_and_the_running_stage_finishes(tmp_path):
+    stages = [_timed(tmp_path, "bad", 0.1, code=3), _timed(tmp_path, "slow", 1.5),
+              _timed(tmp_path, "next", 0.1, needs=("bad",)), _timed(tmp_path, "other", 0.1)]
+    failed = run_stages(stages, 2)
+    assert failed is stages[0] and failed.exit_code == 3
+    assert [s.status for s in stages] == ["failed", "ok", "pending", "pending"]
+
+
+def test_a_skipped_stage_releases_the_ones_after_it(tmp_path):
+    done = Stage("done", [sys.executable, "-c", "raise SystemExit(9)"], lambda: True)
+    stages = [done, _timed(tmp_path, "x", 0.1, needs=()), Stage("y", [sys.executable, "-c", ""], lambda: False,
+                                                               after=("done", "x"))]
+    assert run_stages(stages, 2) is None
+    assert [s.status for s in stages] == ["skipped", "ok", "ok"]
+    with pytest.raises(ValueError, match="unknown stages"):
+        run_stages([Stage("z", ["true"], lambda: False, after=("nope",))])
