@@ -400,6 +400,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     return validate(data)
 
 
+def with_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
+    """A validated copy of `cfg` with dotted overrides applied (cfg itself is not changed)."""
+    data = copy.deepcopy(_plain(cfg))
+    for ov in overrides:
+        apply_override(data, ov)
+    return validate(data)
+
+
 def save_resolved(cfg: Config, directory: str | os.PathLike) -> Path:
     """Write the resolved config beside an output, so the output can be reproduced."""
     path = Path(directory) / RESOLVED_NAME

@@ -47,6 +47,17 @@ def baseline_run_name(cfg) -> str:
     return f"{cfg.experiment}-{cfg.baseline.model}-head"
 
 
+def baseline_is_stage1(cfg) -> bool:
+    """True when the head-only baseline (baseline_overrides) would repeat this config's stage 1 step
+    for step: same backbone, same weights, a stage 2 after it. Training then saves stage 1's model
+    as the baseline folder instead of a second run computing the same weights (the demo: MobileNetV2
+    head on the checkpoint, ~75 s of a 2-core laptop saved)."""
+    # Not across several hosts: saving and predicting there are collective, and every worker would
+    # have to take part in writing a folder only the chief keeps.
+    return (cfg.baseline.model == cfg.model.name and cfg.baseline.weights == cfg.model.weights
+            and cfg.train.stage1.epochs > 0 and cfg.train.stage2.epochs > 0 and cfg.train.strategy != "multi_worker")
+
+
 # --- the layout --------------------------------------------------------------------------------------
 def _inside(*parts: str) -> property:
     return property(lambda self: self.path.joinpath(*parts))

@@ -34,6 +34,8 @@ computes; batch norm statistics are per replica (per-replica batch), as in any t
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import io
 import json
 import math
@@ -49,12 +51,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mushroom import dataset, models, modelio, tracking
-from mushroom.config import Config, add_config_args, load_config, save_resolved
+from mushroom.config import Config, add_config_args, load_config, save_resolved, with_overrides
 from mushroom.errors import UserError
 from mushroom.fileio import atomic_write, replacing_folder, write_json
 from mushroom.keras_env import keras, tf
 from mushroom.manifest import manifest_path, read_manifest
-from mushroom.modelio import ModelFolder, baseline_run_name, default_run_name  # noqa: F401  (the scripts' run names)
+from mushroom.modelio import ModelFolder, baseline_is_stage1, baseline_run_name, default_run_name  # noqa: F401  (the scripts' run names)
 
 MONITOR = "val_accuracy"
 # Carried by every study row of a model whose backbone came from an int8 checkpoint (README, "Weights").
@@ -473,12 +475,15 @@ def _verbose() -> int:
 
 
 def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verbose: int | None = None,
-        backup_dir: str | os.PathLike | None = None, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
+        backup_dir: str | os.PathLike | None = None, strategy: tf.distribute.Strategy | None = None,
+        after_stage1: Callable[[keras.Model, dict], None] | None = None) -> TrainResult:
     """Build cfg.model and train it in two stages on data_dir's manifest; the best weights restored.
 
     backup_dir: back up every epoch there and resume from it (see Journal); None: no backup.
     strategy: make_strategy(cfg.train.strategy) when None. A multi-worker strategy must be created
-    before any other TensorFlow op (train() does), else TensorFlow quietly trains each worker alone."""
+    before any other TensorFlow op (train() does), else TensorFlow quietly trains each worker alone.
+    after_stage1: called with the model (stage 1's best weights restored) and {stages, epochs, best,
+    seconds} of stage 1 once it is over (also when it finished before an interruption)."""
     start = time.time()
     strategy = make_strategy(cfg.train.strategy) if strategy is None else strategy
     deterministic = seed_everything(cfg.seed)
@@ -568,6 +573,8 @@ def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verb
             stages.append(done)
             epochs_done += done["epochs_run"]
             keeper.restore()
+            if stage == 1 and after_stage1 is not None:
+                after_stage1(model, _stage1_summary(stages, records, keeper, start))
             continue
         opened = freeze_for_stage(model, stage, cfg.train.stage2.unfreeze_fraction, from_scratch)
         with strategy.scope():
@@ -602,11 +609,19 @@ def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verb
             journal.stage_done(info)
         epochs_done += ran
         keeper.restore()  # the next stage starts from the best weights so far
+        if stage == 1 and after_stage1 is not None:
+            after_stage1(model, _stage1_summary(stages, records, keeper, start))
     unfreeze_all(model)
     history = {"monitor": f"{MONITOR} (ties: lower val_loss)", "best": keeper.where, "stages": stages,
                "epochs": records}
     return TrainResult(model, names, history, keeper.where, val_data, len(train_data), time.time() - start,
                        deterministic, replicas, is_chief(strategy), {"skipped_species": skipped, "local_train": share})
+
+
+def _stage1_summary(stages: list[dict], records: list[dict], keeper: BestKeeper, start: float) -> dict:
+    return {"stages": [copy.deepcopy(s) for s in stages if s["stage"] == 1],
+            "epochs": [dict(r) for r in records if r["stage"] == 1],
+            "best": dict(keeper.where) if keeper.where else None, "seconds": time.time() - start}
 
 
 def predict(model: keras.Model, data: dataset.SplitData) -> np.ndarray:
@@ -656,6 +671,34 @@ def baseline_overrides(cfg: Config) -> list[str]:
     return [f"model.name={cfg.baseline.model}", f"model.weights={weights}", "train.stage2.epochs=0"]
 
 
+def save_stage1_baseline(cfg: Config, models_dir: str | os.PathLike, result: TrainResult, stage1: dict,
+                         derived_from: str) -> Path:
+    """Write the head-only baseline's model folder from stage 1 of a two-stage run (see
+    baseline_is_stage1): the same folder contract, config and meta train_resnet_baseline.py writes,
+    plus meta["from_stage1_of"]. Sets result.model's weights to stage 1's."""
+    bcfg = with_overrides(cfg, baseline_overrides(cfg))
+    name = baseline_run_name(cfg)
+    result.model.set_weights(stage1["weights"])
+    history = {"monitor": f"{MONITOR} (ties: lower val_loss)", "best": stage1["best"], "stages": stage1["stages"],
+               "epochs": stage1["epochs"]}
+    bresult = dataclasses.replace(result, history=history, best=stage1["best"], seconds=stage1["seconds"])
+    val_top1 = top1(predict(result.model, result.val), result.val.labels)
+    meta = build_meta(bcfg, name, bresult, val_top1) | {"from_stage1_of": derived_from}
+    folder = save_run(bcfg, ModelFolder.under(models_dir, name).path, result.model, meta, history)
+    run = tracking.start_run(bcfg, "train", name=name)
+    try:
+        tracking.log(run, {"val_top1": val_top1})
+        if run is not None:
+            run.summary["val_top1"] = val_top1
+            run.summary["from_stage1_of"] = derived_from
+        tracking.log_artifact(run, folder, name, "model", aliases=["best", "latest"])
+    finally:
+        tracking.finish(run)
+    print(f"saved {folder}: the head-only baseline is this run's stage 1 (same backbone and weights), val top-1 "
+          f"{val_top1:.3f}", flush=True)
+    return folder
+
+
 def train(cfg: Config, data_dir: str | os.PathLike, models_dir: str | os.PathLike, run_name: str | None = None) -> Path:
     """Train cfg.model on data_dir and write models_dir/<run_name>/ (default run name:
     '<experiment>-<model.name>'); logs to W&B (job_type train) per cfg.wandb. Returns the folder.
@@ -672,9 +715,14 @@ def train(cfg: Config, data_dir: str | os.PathLike, models_dir: str | os.PathLik
         print(f"{worker_label(strategy)} is not the chief: no W&B run, and its copy of the model goes to a "
               "temporary folder that is deleted", flush=True)
     run = tracking.start_run(cfg, "train", name=run_name) if chief else None
+    stage1: dict = {}
+
+    def keep_stage1(model: keras.Model, summary: dict) -> None:
+        stage1.update(summary, weights=[w.copy() for w in model.get_weights()])
+
     try:
         result = fit(cfg, data_dir, callbacks=[tracking.epoch_logger(run)], backup_dir=final.backup_dir,
-                     strategy=strategy)
+                     strategy=strategy, after_stage1=keep_stage1 if baseline_is_stage1(cfg) else None)
         probs = predict(result.model, result.val)
         val_top1 = top1(probs, result.val.labels)
         meta = build_meta(cfg, run_name, result, val_top1)
@@ -695,6 +743,8 @@ def train(cfg: Config, data_dir: str | os.PathLike, models_dir: str | os.PathLik
     best = result.best or {}
     print(f"saved {folder if chief else 'nothing (not the chief)'}: val top-1 {val_top1:.3f} (best at stage "
           f"{best.get('stage')} epoch {best.get('epoch')}), {result.seconds:.0f} s", flush=True)
+    if stage1 and chief:
+        save_stage1_baseline(cfg, models_dir, result, stage1, run_name)
     return folder
 
 

@@ -120,6 +120,42 @@ def test_train_writes_the_model_folder_contract(data_dir, tmp_path, capsys):
     assert all(l.trainable for l in model.layers)
 
 
+def test_a_baseline_that_repeats_stage1_is_saved_from_it(data_dir, tmp_path, capsys):
+    """Baseline on the model's own backbone and weights: training the two-stage model writes the
+    baseline's folder from its stage 1, holding exactly what training the baseline alone gives."""
+    from mushroom.config import with_overrides
+
+    cfg = tiny_cfg("train.stage1.epochs=2", "train.stage2.epochs=1", "baseline.model=tiny", "baseline.weights=null")
+    assert modelio.baseline_is_stage1(cfg)
+    training.train(cfg, data_dir, tmp_path / "a")
+    derived = tmp_path / "a" / "test-tiny-head"
+    assert "the head-only baseline is this run's stage 1" in capsys.readouterr().out
+    alone_cfg = with_overrides(cfg, training.baseline_overrides(cfg))   # what train_resnet_baseline.py runs
+    assert not modelio.baseline_is_stage1(alone_cfg) and cfg.train.stage2.epochs == 1  # cfg itself unchanged
+    alone = training.train(alone_cfg, data_dir, tmp_path / "b", run_name="test-tiny-head")
+    assert modelio.ModelFolder(derived).is_complete()
+    a, _ = modelio.load_model_folder(derived)
+    b, _ = modelio.load_model_folder(alone)
+    assert len(a.get_weights()) == len(b.get_weights())
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    # stage 2 went on from stage 1: the main model differs unless stage 1 stayed the best
+    main, main_meta = modelio.load_model_folder(tmp_path / "a" / "test-tiny")
+    same = all(np.array_equal(wa, wm) for wa, wm in zip(a.get_weights(), main.get_weights()))
+    assert same == (main_meta["best"]["stage"] == 1)
+    assert [e["stage"] for e in json.loads((tmp_path / "a" / "test-tiny" / "history.json").read_text())["epochs"]] == [1, 1, 2]
+    meta_a, meta_b = (json.loads((f / "meta.json").read_text()) for f in (derived, alone))
+    assert meta_a["from_stage1_of"] == "test-tiny" and "from_stage1_of" not in meta_b
+    for key in ("val_top1", "best", "class_names", "model_name", "run_name", "weights", "photos", "image_size"):
+        assert meta_a[key] == meta_b[key], key
+    hist_a, hist_b = (json.loads((f / "history.json").read_text()) for f in (derived, alone))
+    assert [e["stage"] for e in hist_a["epochs"]] == [1, 1]
+    assert [e["loss"] for e in hist_a["epochs"]] == [e["loss"] for e in hist_b["epochs"]]
+    assert hist_a["best"] == hist_b["best"]
+    assert (yaml.safe_load((derived / "config.resolved.yaml").read_text())
+            == yaml.safe_load((alone / "config.resolved.yaml").read_text()))
+
+
 def test_resnet_script_trains_the_head_only(data_dir, tmp_path):
     import train_resnet_baseline
 
