@@ -1,5 +1,6 @@
 # make demo  : create .venv, install, run the whole study on the small demo config
 # make test  : create .venv, install, run the test suite
+# make full-chain : config.yaml's EfficientNetV2-M through every stage on a slice of photos (time and memory)
 # make app   : build the phone page (app/dist/) for the model predict.py picks, or MODEL=<folder or .tflite>
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -10,7 +11,7 @@ DATA ?=
 GROUP ?= date
 MODEL ?=
 
-.PHONY: venv test demo pipeline results app
+.PHONY: venv test demo pipeline results app full-chain
 
 $(STAMP): requirements.txt constraints.txt
 	$(PY) -m venv $(VENV)
@@ -28,6 +29,9 @@ demo: $(STAMP)
 
 pipeline: $(STAMP)
 	$(BIN)/python pipeline.py --config config.yaml $(if $(DATA),--from-folder $(DATA) $(if $(and $(GROUP),$(wildcard $(DATA)/manifest.csv)),--group-column $(GROUP),),)
+
+full-chain: $(STAMP)
+	$(BIN)/python benchmarks/full_chain.py $(if $(DATA),--from-folder $(DATA),)
 
 results: $(STAMP)
 	$(BIN)/python update_results.py --config $(CONFIG)
