@@ -153,6 +153,12 @@ class ModelFolder:
         """Training finished: meta.json is written last, model.keras before it."""
         return self.meta_file.is_file() and self.model_file.is_file()
 
+    def is_trained(self) -> bool:
+        """Complete, and no later training of the same folder left unfinished: a retraining killed
+        midway leaves backup/ beside the previous model, and its rerun (which resumes) must not be
+        skipped as if the old model were the result."""
+        return self.is_complete() and not self.backup_dir.exists()
+
     def is_quantized(self, formats: Iterable[str]) -> bool:
         return self.quantize_report.is_file() and all(self.tflite(f).is_file() for f in formats)
 

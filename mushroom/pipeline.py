@@ -102,10 +102,10 @@ def plan(cfg: Config, config_path: str, overrides: list[str], from_folder: str |
     stages = [
         Stage("download", download, lambda: _data_complete(data_dir) and not force),
         Stage(train_main, [py, "train_efficientnet_v2.py", *common],
-              lambda: main_model.is_complete() and not force, after=("download",)),
+              lambda: main_model.is_trained() and not force, after=("download",)),
         # When the baseline is the main model's stage 1, training the main model writes it too, and
         # this stage only runs if that folder is missing (e.g. a main model trained before).
-        Stage(train_base, [py, "train_resnet_baseline.py", *common], lambda: baseline.is_complete() and not force,
+        Stage(train_base, [py, "train_resnet_baseline.py", *common], lambda: baseline.is_trained() and not force,
               after=(train_main,) if baseline_is_stage1(cfg) else ("download",)),
         Stage(quant_main, [py, "quantize_qat.py", str(main_model), *common, *force_flag],
               lambda: main_model.is_quantized(formats) and not force, after=(train_main,)),

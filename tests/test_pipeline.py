@@ -40,7 +40,11 @@ def test_plan_runs_every_stage_in_order_with_the_same_config(tmp_path):
     assert not any(s.done() for s in stages)
     # the two models' chains are independent; evaluation waits for both
     after = {s.name: s.after for s in stages}
-    assert after["train mobilenet_v2"] == after["train mobilenet_v2 head"] == ("download",)
+    assert after["train mobilenet_v2"] == ("download",)
+    # the demo's baseline is the main run's stage 1, which training the main model writes
+    assert after["train mobilenet_v2 head"] == ("train mobilenet_v2",)
+    other = plan(_cfg(tmp_path, "baseline.model=resnet50"), "configs/demo.yaml", [], None, None, False)
+    assert {s.name: s.after for s in other}["train resnet50 head"] == ("download",)
     assert after["quantize mobilenet_v2 head"] == ("train mobilenet_v2 head",)
     assert set(after["evaluate"]) == {"quantize mobilenet_v2", "quantize mobilenet_v2 head"}
 
@@ -67,7 +71,10 @@ def test_completeness_checks(tmp_path, photo_folder):
     (folder / "meta.json").write_text("{}")
     assert not ModelFolder(folder).is_complete()
     (folder / "model.keras").write_text("x")
-    assert ModelFolder(folder).is_complete()
+    assert ModelFolder(folder).is_complete() and ModelFolder(folder).is_trained()
+    ModelFolder(folder).backup_dir.mkdir()   # a retraining killed midway: the rerun must train (and resume)
+    assert ModelFolder(folder).is_complete() and not ModelFolder(folder).is_trained()
+    ModelFolder(folder).backup_dir.rmdir()
     target = tmp_path / "reports" / "metrics.json"
     assert not _newer(target, [folder])
     target.parent.mkdir()
