@@ -483,7 +483,9 @@ def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verb
     strategy: make_strategy(cfg.train.strategy) when None. A multi-worker strategy must be created
     before any other TensorFlow op (train() does), else TensorFlow quietly trains each worker alone.
     after_stage1: called with the model (stage 1's best weights restored) and {stages, epochs, best,
-    seconds} of stage 1 once it is over (also when it finished before an interruption)."""
+    seconds} of stage 1 when stage 1 has trained in this process. Not when it finished before an
+    interruption: the backup may keep only stage 2's later snapshots, whose best weights are no
+    longer stage 1's (a baseline derived from it is then trained on its own instead)."""
     start = time.time()
     strategy = make_strategy(cfg.train.strategy) if strategy is None else strategy
     deterministic = seed_everything(cfg.seed)
@@ -573,8 +575,6 @@ def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verb
             stages.append(done)
             epochs_done += done["epochs_run"]
             keeper.restore()
-            if stage == 1 and after_stage1 is not None:
-                after_stage1(model, _stage1_summary(stages, records, keeper, start))
             continue
         opened = freeze_for_stage(model, stage, cfg.train.stage2.unfreeze_fraction, from_scratch)
         with strategy.scope():
