@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data" / "fungi128"
 KNOWN = ["Amanita muscaria", "Boletus edulis", "Macrolepiota procera"]
 UNKNOWN = ["Amanita pantherina", "Hypholoma fasciculare", "Leccinum scabrum", "Paxillus involutus"]
@@ -50,12 +51,16 @@ def overrides(work: Path, size: int) -> list[str]:
 
 
 def conversion_rows(models_dir: Path) -> list[str]:
+    from mushroom.modelio import ModelFolder, find_model_folders
+
     rows = []
-    for report in sorted(models_dir.glob("*/quantize.json")):
-        q = json.loads(report.read_text())
+    for folder in find_model_folders(models_dir):
+        q = ModelFolder(folder).read_quantize_report()
+        if not q:
+            continue
         timings = q.get("timings", {})
-        rows.append(f"{report.parent.name}: QAT fine-tune {timings.get('qat_s', 0):.0f} s, SavedModel export "
-                    f"{timings.get('export_s', 0):.0f} s, conversions {timings.get('convert_s', 0):.0f} s")
+        rows.append(f"{folder.name}: QAT fine-tune {timings.get('qat_s', 0):.0f} s, SavedModel export "
+                    f"{timings.get('export_s', 0):.0f} s, conversions {timings.get('convert_s', 0) - timings.get('export_s', 0):.0f} s")
         for fmt, c in q.get("conversions", {}).items():
             rows.append(f"  {fmt:<9} {q['sizes_mb'][fmt]:8.2f} MB  {c['seconds']:6.0f} s  child peak "
                         f"{c['peak_rss_mb'] / 1024:5.2f} GB  agreement {q['agreement'][fmt]['agreement']:.2f}"
