@@ -365,6 +365,7 @@ def quantize_model_folder(cfg, model_folder: str | os.PathLike, data_dir: str | 
         rep_file = Path(tmp) / "representative.npy"
         np.save(rep_file, reps)
         timings["export_s"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
 
         def convert_one(fmt: str) -> None:
             out = folder.tflite(fmt)
