@@ -42,7 +42,7 @@ class Stage:
     seconds: float | None = None
     peak_rss_gb: float | None = None
     exit_code: int | None = None
-    status: str = "pending"   # pending | skipped | ok | failed
+    status: str = "pending"   # pending | running | skipped | ok | failed
 
 
 @dataclass

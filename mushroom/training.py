@@ -482,10 +482,11 @@ def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verb
     backup_dir: back up every epoch there and resume from it (see Journal); None: no backup.
     strategy: make_strategy(cfg.train.strategy) when None. A multi-worker strategy must be created
     before any other TensorFlow op (train() does), else TensorFlow quietly trains each worker alone.
-    after_stage1: called with the model (stage 1's best weights restored) and {stages, epochs, best,
-    seconds} of stage 1 when stage 1 has trained in this process. Not when it finished before an
-    interruption: the backup may keep only stage 2's later snapshots, whose best weights are no
-    longer stage 1's (a baseline derived from it is then trained on its own instead)."""
+    after_stage1: called with the model (stage 1's best weights restored) and {history, seconds} of
+    stage 1 (history.json as a run of stage 1 alone writes it) when stage 1 has trained in this
+    process. Not when it finished before an interruption: the backup may keep only stage 2's later
+    snapshots, whose best weights are no longer stage 1's (a baseline derived from it is then
+    trained on its own instead)."""
     start = time.time()
     strategy = make_strategy(cfg.train.strategy) if strategy is None else strategy
     deterministic = seed_everything(cfg.seed)
@@ -612,16 +613,21 @@ def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verb
         if stage == 1 and after_stage1 is not None:
             after_stage1(model, _stage1_summary(stages, records, keeper, start))
     unfreeze_all(model)
-    history = {"monitor": f"{MONITOR} (ties: lower val_loss)", "best": keeper.where, "stages": stages,
-               "epochs": records}
+    history = _history(keeper.where, stages, records)
     return TrainResult(model, names, history, keeper.where, val_data, len(train_data), time.time() - start,
                        deterministic, replicas, is_chief(strategy), {"skipped_species": skipped, "local_train": share})
 
 
+def _history(best: dict | None, stages: list[dict], records: list[dict]) -> dict:
+    """history.json: the monitored metric, the best epoch, each stage's settings, every epoch's record."""
+    return {"monitor": f"{MONITOR} (ties: lower val_loss)", "best": best, "stages": stages, "epochs": records}
+
+
 def _stage1_summary(stages: list[dict], records: list[dict], keeper: BestKeeper, start: float) -> dict:
-    return {"stages": [copy.deepcopy(s) for s in stages if s["stage"] == 1],
-            "epochs": [dict(r) for r in records if r["stage"] == 1],
-            "best": dict(keeper.where) if keeper.where else None, "seconds": time.time() - start}
+    history = _history(dict(keeper.where) if keeper.where else None,
+                       [copy.deepcopy(s) for s in stages if s["stage"] == 1],
+                       [dict(r) for r in records if r["stage"] == 1])
+    return {"history": history, "seconds": time.time() - start}
 
 
 def predict(model: keras.Model, data: dataset.SplitData) -> np.ndarray:
@@ -679,9 +685,8 @@ def save_stage1_baseline(cfg: Config, models_dir: str | os.PathLike, result: Tra
     bcfg = with_overrides(cfg, baseline_overrides(cfg))
     name = baseline_run_name(cfg)
     result.model.set_weights(stage1["weights"])
-    history = {"monitor": f"{MONITOR} (ties: lower val_loss)", "best": stage1["best"], "stages": stage1["stages"],
-               "epochs": stage1["epochs"]}
-    bresult = dataclasses.replace(result, history=history, best=stage1["best"], seconds=stage1["seconds"])
+    history = stage1["history"]
+    bresult = dataclasses.replace(result, history=history, best=history["best"], seconds=stage1["seconds"])
     val_top1 = top1(predict(result.model, result.val), result.val.labels)
     meta = build_meta(bcfg, name, bresult, val_top1) | {"from_stage1_of": derived_from}
     folder = save_run(bcfg, ModelFolder.under(models_dir, name).path, result.model, meta, history)
