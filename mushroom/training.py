@@ -142,6 +142,12 @@ def check_same_everywhere(strategy: tf.distribute.Strategy, value: int, what: st
                         "backup folder (put paths.models_dir on storage all workers share) or none")
 
 
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Return once every worker has reached this point (an all-reduce cannot finish before)."""
+    if strategy.num_replicas_in_sync > 1:
+        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None).numpy()
+
+
 # --- freezing ---------------------------------------------------------------------------------------
 def freeze_for_stage(model: keras.Model, stage: int, unfreeze_fraction: float = 0.0,
                      from_scratch: bool = False) -> list[str]:
@@ -607,6 +613,10 @@ def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verb
                 "first_epoch": epochs_done + 1}
         stages.append(info)
         if journal:
+            # The chief deletes the stage's checkpoint folder, where the other workers write (and
+            # then remove) their temporary copies: wait until every worker has left fit (seen in CI:
+            # a worker's checkpoint merge failed on files the chief had just deleted).
+            barrier(strategy)
             journal.stage_done(info)
         epochs_done += ran
         keeper.restore()  # the next stage starts from the best weights so far

@@ -41,6 +41,22 @@ REFERENCE = textwrap.dedent("""
     print("LOSSES", json.dumps(out))
 """)
 
+# Worker 1 runs the same script with its checkpoint merges slowed down: the chief, finishing a stage
+# first, must not delete the backup folder where this worker still writes its temporary checkpoint
+# (a race seen once in CI under load; without the wait in training.fit this fails every time).
+SLOW_WORKER = textwrap.dedent("""
+    import runpy, sys, time
+    from mushroom.keras_env import tf
+    from tensorflow.python.ops import gen_io_ops
+    merge = gen_io_ops.merge_v2_checkpoints
+    def slow_merge(*args, **kwargs):
+        time.sleep(3)
+        return merge(*args, **kwargs)
+    gen_io_ops.merge_v2_checkpoints = slow_merge
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+""")
+
 
 def free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
@@ -65,7 +81,7 @@ def test_two_workers_shard_the_data_train_like_one_and_only_the_chief_writes(pho
             env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
                    "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / f"wandb{i}"), "TMPDIR": str(tmp_path / f"tmp{i}")}
             sets = [*SETTINGS, "train.strategy=multi_worker", "wandb.mode=offline", f"paths.models_dir={models}"]
-            cmd = [sys.executable, "train_efficientnet_v2.py", "--data-dir", str(data), "--run-name", "mw",
+            cmd = [sys.executable, *(["-c", SLOW_WORKER] if i == 1 else []), "train_efficientnet_v2.py", "--data-dir", str(data), "--run-name", "mw",
                    *[a for s in sets for a in ("--set", s)]]
             procs.append(subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True))
