@@ -111,8 +111,9 @@ def test_a_finished_run_writes_its_stage_table(tmp_path, monkeypatch):
     assert written["peak_rss_gb_self"] > 0 and not list((tmp_path / "reports").glob(".partial-*"))
 
 
-def _timed(tmp_path, name, seconds=1.0, code=0, needs=()):
-    """A stage that records when it ran in tmp_path/<name>.json, after checking its inputs exist."""
+def _timed(tmp_path, name, seconds=2.0, code=0, needs=()):
+    """A stage that records when it ran in tmp_path/<name>.json, after checking its inputs exist.
+    Seconds long enough that two stages started together overlap even on a loaded machine."""
     script = (f"import json, sys, time, pathlib; d = pathlib.Path({str(tmp_path)!r})\n"
               f"missing = [n for n in {list(needs)!r} if not (d / (n + '.json')).is_file()]\n"
               "if missing: sys.exit(5)\n"
