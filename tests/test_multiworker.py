@@ -43,7 +43,7 @@ REFERENCE = textwrap.dedent("""
 
 # Worker 1 runs the same script with its checkpoint merges slowed down: the chief, finishing a stage
 # first, must not delete the backup folder where this worker still writes its temporary checkpoint
-# (a race seen once in CI under load; without the wait in training.fit this fails every time).
+# (a race seen in CI under load; without the wait in training.fit this fails every time).
 SLOW_WORKER = textwrap.dedent("""
     import runpy, sys, time
     from mushroom.keras_env import tf
@@ -81,7 +81,8 @@ def test_two_workers_shard_the_data_train_like_one_and_only_the_chief_writes(pho
             env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
                    "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / f"wandb{i}"), "TMPDIR": str(tmp_path / f"tmp{i}")}
             sets = [*SETTINGS, "train.strategy=multi_worker", "wandb.mode=offline", f"paths.models_dir={models}"]
-            cmd = [sys.executable, *(["-c", SLOW_WORKER] if i == 1 else []), "train_efficientnet_v2.py", "--data-dir", str(data), "--run-name", "mw",
+            slow = ["-c", SLOW_WORKER] if i == 1 else []
+            cmd = [sys.executable, *slow, "train_efficientnet_v2.py", "--data-dir", str(data), "--run-name", "mw",
                    *[a for s in sets for a in ("--set", s)]]
             procs.append(subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True))
