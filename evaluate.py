@@ -1,7 +1,7 @@
 """Evaluate every trained model in every exported format on the same test split.
 
     python evaluate.py --config configs/demo.yaml                       # every folder under models/
-    python evaluate.py models/demo-efficientnet_v2_b0 --formats keras qat_int8
+    python evaluate.py models/demo-mobilenet_v2 --formats ptq_int8   # refit one format; the others' fits stay
 
 Writes reports/: metrics.json (one entry per model x format; keys in README), comparison.md/.csv,
 reliability / confusion / risk-coverage / trade-off plots; saves the fitted temperatures in each

@@ -48,11 +48,15 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for the interpreter (default: all)")
     args, cfg = parse(parser, argv)
     forager = Forager.load(cfg, args.model, args.threads)
+    missing = forager.missing()
+    if missing:   # one line, on stderr so that --json output stays one JSON object per line
+        print(f"note: {forager.folder} lacks {' and '.join(missing)}, so no answer will be 'edible': "
+              f"run evaluate.py {forager.folder}", file=sys.stderr)
     if not args.json:
         check = (f"photos unlike all of them are flagged by the unknown-species check ({forager.open_set['score']}, "
                  f"fitted to flag {forager.open_set['unknown_recall']:.0%} of photos of species it never learnt)"
-                 if forager.open_set else "no unknown-species threshold is fitted (run evaluate.py), so a mushroom "
-                 "of any other species will be mistaken for one of these")
+                 if forager.open_set else "no unknown-species threshold is fitted, so a mushroom of any other "
+                 "species may be mistaken for one of these")
         print(f"model: {forager.path} ({len(forager.species)} species"
               + (f", calibrated with T={forager.temperature:.2f})" if forager.temperature else ", not calibrated)"))
         print(f"note: this model knows {len(forager.species)} species; {check}.")

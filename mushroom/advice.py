@@ -6,28 +6,33 @@ Pure Python/NumPy (no TensorFlow), so predict.py starts fast on a phone-class CP
     json.dumps(answer.to_json("photo.jpg"))
 
 Verdict rules (safety first; thresholds from cfg.predict). Each rule that fires adds its id to
-`rules` and says itself in plain words in `reasons`:
-- "unknown" (rule unknown_species) when the photo's unknown-species score reaches the threshold
-  fitted on photos of species the model never learnt (open_set.json): the model may be looking at
-  a species it cannot name, so nothing it says about edibility holds. Checked first: a flagged
-  photo is never "edible", whatever its probabilities.
-- "edible" only when the calibrated top-1 probability >= edible_threshold, the top-1 species is
-  choice/edible/caution, no poisonous/deadly species holds more than danger_threshold (rule
-  dangerous_probability otherwise), and the top-1 species has no poisonous, deadly or ungraded
-  look-alike that the model was not trained on (rule unknown_look_alike otherwise: a model cannot
-  tell apart what it never saw, e.g. Armillaria mellea and Galerina marginata), and the photo's
-  unknown-species score is below the stricter edible threshold (fitted to flag
-  predict.edible_unknown_recall of the unknown-val photos, e.g. 99 %; rule unknown_margin
-  otherwise: a photo just short of being flagged is no evidence for a meal; measured on the demo,
-  the photos of poisonous unknown species called edible all sat between the two thresholds). The danger check
-  runs over every class, not only the top_k listed: identical for the shipped top_k=5 (with top-1
-  >= 0.90 the sixth place holds at most 0.02), and never weaker when top_k is configured smaller.
-  A caution species that passes carries its note in the reasons. Look-alikes the model knows do
-  not block by themselves: the model weighs them through danger_threshold.
+`rules` and says itself in plain words in `reasons`. The invariant (tests/test_advice.py states it
+as a property over generated cases, and runs the page's decision.js on the same cases): "edible"
+only when ALL of these hold:
+- the format answering has a fitted unknown-species check (open_set.json) and a fitted temperature
+  (temperature.json): without either, rule no_unknown_check / not_calibrated, never "edible" (a
+  model that cannot say "I don't know this one" mistakes every other species for one it knows);
+- the photo is not flagged (rule unknown_species: its unknown-species score reaches the threshold
+  fitted on photos of species the model never learnt; verdict "unknown", checked first) and its
+  score (every photo's, for a find) is below the stricter edible threshold (rule unknown_margin:
+  measured on the demo, the photos of poisonous unknown species called edible all sat between
+  the two thresholds);
+- the calibrated top-1 probability >= edible_threshold and the top-1 species, graded by the
+  CURRENT species table (looked up by name; meta.json gives class order only), is
+  choice/edible/caution (rule low_certainty otherwise);
+- no poisonous/deadly class holds more than danger_threshold (rule dangerous_probability; over
+  every class, not only the top_k listed);
+- the top-1 species has no poisonous, deadly or ungraded look-alike the model was not trained on
+  (rule unknown_look_alike: a model cannot tell apart what it never saw);
+- neither the top-1 species nor any class above danger_threshold has a deadly look-alike, or a
+  poisonous one whose table note names a stage or form (egg stage, young, dried), whether or not
+  the model knows it (rule deadly_look_alike): a photo cannot tell a puffball from the death cap's
+  egg, and no photo of an adult death cap teaches the model that egg.
 - "not_edible" (rule confident_not_edible) when the top-1 species is inedible/poisonous/deadly
   with probability >= not_edible_threshold.
-- otherwise "uncertain" (rule low_certainty, or the blocking rules above), whose reasons always
-  say not to eat it.
+- otherwise "uncertain", whose reasons always say not to eat it.
+A caution species that passes carries its note in the reasons. Probabilities and unknown-species
+scores must be finite (ValueError otherwise: an error for the photo, never a verdict).
 Look-alikes listed: those of the top-1 species and of any other listed species above
 danger_threshold, in both directions of the table (a species lists X, or X lists the species).
 Every answer ends its reasons with REMINDER.
@@ -68,8 +73,14 @@ REMINDER = ("A photo is never enough to eat a wild mushroom: have every find ide
             "by an experienced mycologist or a mushroom inspector before eating any of it.")
 UNKNOWN_EDIBILITY = "unknown (not in the model)"
 VERDICTS = ("edible", "not_edible", "uncertain", "unknown")
-RULES = ("unknown_species", "confident_edible", "unknown_look_alike", "unknown_margin", "dangerous_probability",
-         "confident_not_edible", "low_certainty")
+RULES = ("unknown_species", "confident_edible", "unknown_look_alike", "deadly_look_alike", "unknown_margin",
+         "dangerous_probability", "no_unknown_check", "not_calibrated", "confident_not_edible", "low_certainty")
+# A look-alike note naming one of these words describes a stage or form of the look-alike that no
+# photo of its usual form teaches the model (species.csv: "Amanita phalloides (egg stage)"): a
+# poisonous look-alike in such a form blocks "edible" like a deadly one.
+STAGE_OR_FORM_WORDS = ("egg", "stage", "young", "button", "juvenile", "immature", "dried", "dry", "form")
+_STAGE_OR_FORM = re.compile(r"\b(" + "|".join(STAGE_OR_FORM_WORDS) + r")\b", re.IGNORECASE)
+_DEADLY_NOTE = re.compile(r"\bdeadly\b", re.IGNORECASE)
 JSON_KEYS = ("image", "top5", "certainty", "verdict", "reasons", "rules", "look_alikes", "unknown_score",
              "unknown_threshold", "unknown_edible_threshold", "unknown_flagged", "known_species")
 
@@ -124,25 +135,38 @@ class Answer:
 
 @dataclass(frozen=True)
 class UnknownCheck:
-    """A photo's unknown-species score and the threshold it is held against (open_set.json)."""
+    """A photo's unknown-species score and the thresholds it is held against (one format's record
+    in open_set.json). Every number must be finite: a NaN score would pass `score >= threshold`
+    as "not flagged", so it is refused here (ValueError), never answered."""
     score: float
     threshold: float
     name: str = "msp"                 # which score (openset.SCORES)
     recall: float | None = None       # share of unknown-val photos the threshold flags
-    edible_threshold: float | None = None   # "edible" only below it (None: no stricter threshold)
+    edible_threshold: float | None = None   # "edible" only below it; None: no stricter threshold fitted,
+                                            # so never "edible" (an open_set.json of an older evaluate.py)
     edible_recall: float | None = None      # share of unknown-val photos at or above edible_threshold
     # A find of several photos: its highest single-photo score, held against edible_threshold (the
     # mean `score` decides the flag, as measured). Every photo must look familiar before "edible":
     # one flagged photo averaged with a confident one of another mushroom must not pass.
     worst_photo_score: float | None = None
 
+    def __post_init__(self):
+        for key in ("score", "threshold", "edible_threshold", "worst_photo_score"):
+            value = getattr(self, key)
+            if value is None and key in ("edible_threshold", "worst_photo_score"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+                    or not np.isfinite(value):
+                raise ValueError(f"the unknown-species {key.replace('_', ' ')} is {value!r}, not a finite number: "
+                                 "the model's outputs for this photo (or its fitted check) are broken")
+
     @classmethod
     def from_record(cls, score: float, record: Mapping, worst_photo_score: float | None = None) -> "UnknownCheck":
         """The check for one score (a find: the mean of its photos' scores, and their maximum)
         against a format's record in open_set.json."""
         return cls(float(score), float(record["threshold"]), record["score"], record.get("unknown_recall"),
-                   record.get("edible_threshold"), record.get("edible_recall"),
-                   None if worst_photo_score is None else float(worst_photo_score))
+                   None if record.get("edible_threshold") is None else float(record["edible_threshold"]),
+                   record.get("edible_recall"), None if worst_photo_score is None else float(worst_photo_score))
 
     @property
     def edible_score(self) -> float:
@@ -155,7 +179,8 @@ class UnknownCheck:
 
     @property
     def too_close_for_edible(self) -> bool:
-        return self.edible_threshold is not None and bool(self.edible_score >= self.edible_threshold)
+        """At or above the stricter edible threshold, or no such threshold fitted."""
+        return self.edible_threshold is None or bool(self.edible_score >= self.edible_threshold)
 
 
 # --- look-alikes ----------------------------------------------------------------------------------
@@ -224,7 +249,8 @@ def _tables(species: Sequence[Species], all_species: Sequence[Species] | None):
 def look_alike_table(species: Sequence[Species], all_species: Sequence[Species] | None = None) -> dict[str, list[dict]]:
     """For each of the model's classes, its look-alikes resolved exactly as `advise` resolves them
     ({name, of_species, edibility, in_model, note}), plus what the sentences about them need from
-    the table (common_name, in_table). The phone page (mushroom/app.py) ships this so that its
+    the table (common_name, in_table) and whether it always blocks "edible" (blocks: always_blocks,
+    so the page needs no copy of the stage-or-form words). The phone page (mushroom/app.py) ships this so that its
     mirror of `advise` needs no species-table logic of its own."""
     table_list, table, classes = _tables(species, all_species)
     out = {}
@@ -233,13 +259,24 @@ def look_alike_table(species: Sequence[Species], all_species: Sequence[Species] 
         for name, note in look_alikes_of(s, table_list):
             la = _resolve(name, note, s, table, classes)
             known = table.get(name)
-            rows.append({**la, "common_name": known.common_name if known else "", "in_table": known is not None})
+            rows.append({**la, "common_name": known.common_name if known else "", "in_table": known is not None,
+                         "blocks": always_blocks(la)})
         out[s.name] = rows
     return out
 
 
 def _is_risky(look_alike: dict) -> bool:
     return look_alike["edibility"] in DANGEROUS_GRADES or look_alike["edibility"] == UNKNOWN_EDIBILITY
+
+
+def always_blocks(look_alike: dict) -> bool:
+    """A look-alike that rules out "edible" whatever the probabilities and whether or not the model
+    knows it: graded deadly (or noted deadly), or poisonous/ungraded in a stage or form named by its
+    note (egg stage, young, dried) that photos of the species' usual form do not teach."""
+    note = look_alike["note"] or ""
+    if look_alike["edibility"] == "deadly" or _DEADLY_NOTE.search(note):
+        return True
+    return _is_risky(look_alike) and bool(_STAGE_OR_FORM.search(note))
 
 
 def _unseen_danger(look_alike: dict) -> bool:
@@ -317,14 +354,18 @@ def certainty_level(p: float, predict_cfg: Mapping) -> str:
 
 def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
            all_species: Sequence[Species] | None = None, image: str | None = None,
-           unknown: UnknownCheck | None = None) -> Answer:
+           unknown: UnknownCheck | None = None, temperature: float | None = None) -> Answer:
     """The answer for one photo (or one fused find). `probs` (C,): calibrated class probabilities
-    in the order of `species` (the model's classes); `predict_cfg`: cfg.predict (top_k,
-    edible_threshold, danger_threshold, not_edible_threshold); `all_species`: every graded species
+    in the order of `species` (the model's classes, graded by the current table:
+    species.classes_from_table); `predict_cfg`: cfg.predict (top_k, edible_threshold,
+    danger_threshold, not_edible_threshold); `all_species`: every graded species
     (species.graded_species), so that look-alikes outside the model's classes still get their
-    grade (defaults to `species`); `unknown`: the photo's unknown-species score and threshold
-    (None: no threshold was fitted, the check is skipped and the answer says so)."""
+    grade (defaults to `species`); `unknown`: the photo's unknown-species check (None: no threshold
+    fitted for this format); `temperature`: the temperature `probs` were calibrated with (None: not
+    fitted for this format). Without a check or a temperature the answer is never "edible"."""
     p = _check_probs(probs, len(species))
+    if temperature is not None and not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"the temperature is {temperature!r}, not a positive finite number: rerun evaluate.py")
     top_k = int(predict_cfg["top_k"])
     edible_t = float(predict_cfg["edible_threshold"])
     danger_t = float(predict_cfg["danger_threshold"])
@@ -353,7 +394,14 @@ def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
                 if species[i].is_dangerous and p[i] > danger_t]
 
     unseen = [la for la in look_alikes if la["of_species"] == best.name and _unseen_danger(la)]
+    # Over every class above danger_threshold, not only the top_k listed (as the danger check);
+    # those already named by unknown_look_alike are not named twice.
+    deadly = [_resolve(name, note, species[i], table, classes)
+              for rank, i in enumerate(order) if rank == 0 or p[i] > danger_t
+              for name, note in look_alikes_of(species[i], table_list)]
+    deadly = [la for la in deadly if always_blocks(la) and la not in unseen]
     margin = unknown is not None and unknown.too_close_for_edible
+    unfitted = unknown is None or temperature is None
     reasons: list[str] = []
     rules: list[str] = []
     if unknown is not None and unknown.flagged:
@@ -365,7 +413,7 @@ def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
                        f"{unknown.threshold:.3g}{share}. It may be a species the model cannot name; the "
                        f"list shows only what it resembles most.")
         reasons.append("Do not eat this mushroom: the model does not know it.")
-    elif best.is_edible and p1 >= edible_t and not blockers and not unseen and not margin:
+    elif best.is_edible and p1 >= edible_t and not (blockers or unseen or deadly or margin or unfitted):
         verdict = "edible"
         rules.append("confident_edible")
         reasons.append(f"The most likely species is {_label(best)} with a calibrated probability of "
@@ -388,28 +436,30 @@ def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
                        f"{best.edibility}.")
     else:
         verdict = "uncertain"
+        head = f"The most likely species, {_label(best)}, graded {best.edibility}, has a calibrated probability of"
         if best.is_edible and p1 < edible_t:
             rules.append("low_certainty")
-            reasons.append(f"The most likely species, {_label(best)}, graded {best.edibility}, has a "
-                           f"calibrated probability of only {_pct(p1, edible_t)}, below the "
-                           f"{_threshold(edible_t)} needed before a mushroom may be called edible.")
+            reasons.append(f"{head} only {_pct(p1, edible_t)}, below the {_threshold(edible_t)} needed before a "
+                           f"mushroom may be called edible.")
         elif best.is_edible and blockers:
-            reasons.append(f"The most likely species, {_label(best)}, graded {best.edibility}, has a "
-                           f"calibrated probability of {_pct(p1, edible_t)}, but a poisonous or "
-                           f"deadly species holds too much probability to rule it out.")
+            reasons.append(f"{head} {_pct(p1, edible_t)}, but a poisonous or deadly species holds too much "
+                           f"probability to rule it out.")
         elif best.is_edible and unseen:
-            reasons.append(f"The most likely species, {_label(best)}, graded {best.edibility}, has a "
-                           f"calibrated probability of {_pct(p1, edible_t)}, but it has a dangerous "
-                           f"look-alike that this model was never trained on.")
+            reasons.append(f"{head} {_pct(p1, edible_t)}, but it has a dangerous look-alike that this model was "
+                           f"never trained on.")
+        elif best.is_edible and deadly:
+            reasons.append(f"{head} {_pct(p1, edible_t)}, but a look-alike that a photo cannot rule out is deadly, "
+                           f"or poisonous in a form photos do not show.")
+        elif best.is_edible and unfitted:
+            reasons.append(f"{head} {_pct(p1, edible_t)}, but this model file was never checked against photos of "
+                           f"species it does not know, so it never calls a mushroom edible.")
         elif best.is_edible:
-            reasons.append(f"The most likely species, {_label(best)}, graded {best.edibility}, has a "
-                           f"calibrated probability of {_pct(p1, edible_t)}, but the photo is not typical "
-                           f"enough of the species this model knows to call it edible.")
+            reasons.append(f"{head} {_pct(p1, edible_t)}, but the photo is not typical enough of the species this "
+                           f"model knows to call it edible.")
         else:
             rules.append("low_certainty")
-            reasons.append(f"The most likely species, {_label(best)}, graded {best.edibility}, has a "
-                           f"calibrated probability of only {_pct(p1, not_edible_t)}, below the "
-                           f"{_threshold(not_edible_t)} needed to name it with confidence.")
+            reasons.append(f"{head} only {_pct(p1, not_edible_t)}, below the {_threshold(not_edible_t)} needed to "
+                           f"name it with confidence.")
         if blockers:
             rules.append("dangerous_probability")
         for s, q in blockers:
@@ -425,19 +475,38 @@ def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
                 reasons.append(f"{best.name} has a look-alike, {la['name']}, {what}, that this model was "
                                f"never trained on: it cannot tell the two apart from a photo, so it never "
                                f"calls {best.name} edible.")
+        if best.is_edible and deadly:
+            rules.append("deadly_look_alike")
+            for la in deadly:
+                known = table.get(la["name"])
+                what = (f"graded {known.edibility}" if known else "not in the species table") + (
+                    f" ({la['note']})" if la["note"] else "")
+                reasons.append(f"{la['of_species']} has a look-alike, {la['name']}, {what}, that a photo cannot "
+                               f"tell apart from it: a deadly look-alike, or a poisonous one in a stage or form "
+                               f"such as an egg, always rules out calling this mushroom edible.")
         if best.is_edible and p1 >= edible_t and margin:
             rules.append("unknown_margin")
-            share = f"; {_threshold(unknown.edible_recall)} of photos of species it never learnt score at or above it" \
-                if unknown.edible_recall else ""
-            what = ("Its unknown-species score is" if unknown.edible_score == unknown.score
-                    else "One of its photos has an unknown-species score of")
-            reasons.append(f"{what} {unknown.edible_score:.3g}: not flagged as unknown, but at "
-                           f"or above {unknown.edible_threshold:.3g}, the stricter limit a photo must stay "
-                           f"below to be called edible{share}.")
+            if unknown.edible_threshold is None:
+                reasons.append("Its unknown-species check has no stricter limit for 'edible' (it was fitted by an "
+                               "older evaluate.py): rerun evaluate.py on the model folder.")
+            else:
+                share = (f"; {_threshold(unknown.edible_recall)} of photos of species it never learnt score at or "
+                         f"above it") if unknown.edible_recall else ""
+                what = ("Its unknown-species score is" if unknown.edible_score == unknown.score
+                        else "One of its photos has an unknown-species score of")
+                reasons.append(f"{what} {unknown.edible_score:.3g}: not flagged as unknown, but at "
+                               f"or above {unknown.edible_threshold:.3g}, the stricter limit a photo must stay "
+                               f"below to be called edible{share}.")
         reasons.append("Do not eat this mushroom: the model is not certain enough to call it edible.")
     if unknown is None:
-        reasons.append("No unknown-species threshold was fitted for this model (run evaluate.py): it "
-                       "cannot tell when a photo shows a species it does not know.")
+        rules.append("no_unknown_check")
+        reasons.append("No unknown-species check is fitted for this model file: it cannot tell when a photo "
+                       "shows a species it does not know, so it never calls a mushroom edible. Run evaluate.py "
+                       "on the model folder to fit one.")
+    if temperature is None:
+        rules.append("not_calibrated")
+        reasons.append("No temperature is fitted for this model file, so its probabilities are not calibrated "
+                       "and it never calls a mushroom edible. Run evaluate.py on the model folder to fit one.")
     reasons.append(REMINDER)
 
     return Answer(top=top, certainty=p1, certainty_level=certainty_level(p1, predict_cfg),
@@ -478,6 +547,8 @@ def format_text(answer: Answer, image_name: str | None = None) -> str:
         lines.append(f"Unknown-species check: score {u.score:.3g}, threshold {u.threshold:.3g}{edible}: "
                      + ("FLAGGED, not like any species the model knows" if u.flagged
                         else "passed, too close for 'edible'" if u.too_close_for_edible else "passed"))
+    else:
+        lines.append("Unknown-species check: none fitted for this model file (run evaluate.py): never 'edible'")
     lines.append(f"Verdict: {_VERDICT_TEXT[answer.verdict]}")
     lines.append("Reasons:")
     lines.extend(f"  - {r}" for r in answer.reasons if r != REMINDER)

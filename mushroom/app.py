@@ -25,6 +25,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from mushroom.advice import GRADE_MEANING, JSON_KEYS, REMINDER, RULES, UNKNOWN_E
 from mushroom.config import PROJECT_ROOT, Config
 from mushroom.errors import UserError
 from mushroom.modelio import ModelFolder, output_role, read_meta, read_temperature
-from mushroom.species import DANGEROUS_GRADES, EDIBLE_GRADES, Species, graded_species
+from mushroom.species import DANGEROUS_GRADES, EDIBLE_GRADES, Species, classes_from_table, graded_species
 
 APP_DIR = PROJECT_ROOT / "app"
 SRC_DIR = APP_DIR / "src"
@@ -165,21 +166,18 @@ def openset_binary(stats: dict) -> tuple[bytes, dict]:
 
 
 # --- the JSON the page reads ---------------------------------------------------------------------------
-def bundle(cfg: Config, folder: Path, fmt: str, details: dict, open_set: dict | None, fusion: str | None,
-           openset_layout: dict | None) -> dict:
-    """model.json: everything predict.py reads from the model folder and the config, for one format."""
-    meta = read_meta(folder)
-    classes = [Species.from_dict(s) for s in meta["species"]]
-    table = graded_species(cfg)
+def rules_bundle(classes: list[Species], table: list[Species], predict_cfg, temperature: float | None,
+                 open_set: dict | None, fusion: str | None = None, openset_layout: dict | None = None) -> dict:
+    """The part of model.json that decision.js's rules read: classes graded by the current table
+    with their look-alikes resolved by advice.look_alike_table, thresholds, temperature, the
+    unknown-species check, texts. `bundle` builds model.json with it, and the parity tests run the
+    page's rules on exactly what it returns."""
     resolved = look_alike_table(classes, table)
     out = {
-        "format_version": 1,
-        "model": {"file": MODEL_FILE, "folder": folder.name, "format": fmt, "image_size": int(meta["image_size"]),
-                  **details},
         "classes": [{"name": s.name, "common_name": s.common_name, "edibility": s.edibility, "notes": s.notes,
                      "look_alikes": resolved[s.name]} for s in classes],
-        "temperature": read_temperature(folder, fmt),
-        "predict": {k: cfg.predict[k] for k in ("top_k", "edible_threshold", "danger_threshold", "not_edible_threshold")},
+        "temperature": temperature,
+        "predict": {k: predict_cfg[k] for k in ("top_k", "edible_threshold", "danger_threshold", "not_edible_threshold")},
         "open_set": None,
         "fusion": fusion or "mean",
         "grades": {"edible": list(EDIBLE_GRADES), "dangerous": list(DANGEROUS_GRADES), "meaning": dict(GRADE_MEANING)},
@@ -187,10 +185,62 @@ def bundle(cfg: Config, folder: Path, fmt: str, details: dict, open_set: dict | 
         "rules": list(RULES), "verdicts": list(VERDICTS), "answer_keys": list(JSON_KEYS),
     }
     if open_set is not None:
-        out["open_set"] = {"score": open_set["score"], "threshold": float(open_set["threshold"]),
+        out["open_set"] = {"score": open_set["score"], "threshold": open_set["threshold"],
                            "unknown_recall": open_set.get("unknown_recall"),
                            "edible_threshold": open_set.get("edible_threshold"),
                            "edible_recall": open_set.get("edible_recall"), "stats": openset_layout}
+    return out
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def bundle_problems(b: dict) -> list[str]:
+    """Why the page must refuse this model.json (empty: it may answer). decision.js's
+    validateBundle refuses exactly the same bundles (tests/test_app.py runs both on the same
+    cases): the page never answers without a fitted unknown-species check (with its stricter
+    edible threshold) and temperature, or with a threshold that is not a finite number."""
+    problems = []
+    t = b.get("temperature")
+    if not (_finite(t) and t > 0):
+        problems.append("no fitted temperature")
+    os_ = b.get("open_set")
+    if not isinstance(os_, dict):
+        problems.append("no fitted unknown-species check")
+    else:
+        for key in ("threshold", "edible_threshold"):
+            if not _finite(os_.get(key)):
+                problems.append(f"the unknown-species {key.replace('_', ' ')} is not a finite number")
+        if _finite(os_.get("threshold")) and _finite(os_.get("edible_threshold")) and os_["edible_threshold"] > os_["threshold"]:
+            problems.append("the edible threshold is looser than the unknown-species threshold")
+        if os_.get("score") not in openset.SCORES:
+            problems.append(f"unknown unknown-species score {os_.get('score')!r}")
+    cfg = b.get("predict") or {}
+    for key in ("edible_threshold", "danger_threshold", "not_edible_threshold"):
+        if not (_finite(cfg.get(key)) and 0 <= cfg[key] <= 1):
+            problems.append(f"predict.{key} is not a probability")
+    if not (isinstance(cfg.get("top_k"), int) and cfg["top_k"] >= 1):
+        problems.append("predict.top_k is not a positive integer")
+    if not b.get("classes"):
+        problems.append("no classes")
+    return problems
+
+
+def bundle(cfg: Config, folder: Path, fmt: str, details: dict, open_set: dict | None, fusion: str | None,
+           openset_layout: dict | None) -> dict:
+    """model.json: everything predict.py reads from the model folder and the config, for one format.
+    Classes are graded by the current species table (meta.json gives their order only)."""
+    meta = read_meta(folder)
+    table = graded_species(cfg)
+    classes = classes_from_table(meta["class_names"], table)
+    out = {"format_version": 2,
+           "model": {"file": MODEL_FILE, "folder": folder.name, "format": fmt, "image_size": int(meta["image_size"]),
+                     **details},
+           **rules_bundle(classes, table, cfg.predict, read_temperature(folder, fmt), open_set, fusion, openset_layout)}
+    problems = bundle_problems(out)
+    if problems:
+        raise UserError(f"the page for {folder} ({fmt}) would have {'; '.join(problems)}: run evaluate.py {folder} first")
     return out
 
 
@@ -274,6 +324,11 @@ def build_app(cfg: Config, folder: str | Path, fmt: str, dist: str | Path = DIST
     source = ModelFolder(folder).tflite(fmt)
     if not source.is_file():
         raise UserError(f"{source} does not exist: run quantize_qat.py {folder} first")
+    record, stats, fusion = read_open_set(folder, fmt)
+    if record is None or read_temperature(folder, fmt) is None:
+        raise UserError(f"{folder} has no fitted unknown-species check and temperature for its {fmt} file "
+                        f"({ModelFolder.OPEN_SET}, {ModelFolder.TEMPERATURE}), so the page would mistake species it does not know "
+                        f"for ones it does: run evaluate.py {folder} first")
     if dist.exists():
         shutil.rmtree(dist)
     dist.mkdir(parents=True)
@@ -283,7 +338,6 @@ def build_app(cfg: Config, folder: str | Path, fmt: str, dist: str | Path = DIST
     details = tensor_details(dist / MODEL_FILE)
     if details["input"]["shape_signature"][0] != 1:
         raise UserError(f"{dist / MODEL_FILE} still has a dynamic batch dimension")
-    record, stats, fusion = read_open_set(folder, fmt)
     layout = None
     if record is not None and record["score"] == "mahalanobis":   # read_open_set raised if the stats are missing
         data, layout = openset_binary(stats)

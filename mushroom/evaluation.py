@@ -23,7 +23,7 @@ from mushroom.errors import UserError
 from mushroom.images import load_image
 from mushroom.fileio import write_json
 from mushroom.modelio import ModelFolder, read_meta
-from mushroom.species import Species, graded_species, unknown_species
+from mushroom.species import Species, classes_from_table, graded_species, unknown_species
 
 FORMATS = ("keras",) + EXPORT_FORMATS
 # Keys every metrics.json entry carries (README, "metrics.json"): later tooling relies on them.
@@ -154,10 +154,12 @@ def class_masks(species: list[Species]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def verdicts(calibrated: np.ndarray, species: list[Species], cfg: Config, graded: list[Species],
-             checks: list[UnknownCheck | None] | None = None) -> list[str]:
-    """predict.py's verdict for each calibrated probability vector (with its unknown check)."""
+             checks: list[UnknownCheck | None] | None, temperature: float | None) -> list[str]:
+    """predict.py's verdict for each calibrated probability vector, with its unknown check (None:
+    none fitted, so never "edible") and the temperature it was calibrated with."""
     checks = checks or [None] * len(calibrated)
-    return [advise(p, species, cfg.predict, graded, unknown=u).verdict for p, u in zip(calibrated, checks)]
+    return [advise(p, species, cfg.predict, graded, unknown=u, temperature=temperature).verdict
+            for p, u in zip(calibrated, checks)]
 
 
 def _edible_rate(verdict_list: list[str], mask) -> float | None:
@@ -219,6 +221,9 @@ def _open_set_entry(cfg: Config, choice: _ModelChoices, species: list[Species], 
     names = [s for s in openset.SCORES if s in scores["val"]]
     auroc_val = {s: openset.auroc(scores["unknown_val"][s], scores["val"][s]) for s in names}
     auroc_test = {s: openset.auroc(scores["unknown_test"][s], scores["test"][s]) for s in names}
+    if choice.score is not None and choice.score not in names:
+        raise UserError(f"this folder's other formats use the unknown-species score {choice.score}, which the "
+                        "file evaluated now cannot give: evaluate every format together (no --formats)")
     if choice.score is None:
         wanted = cfg.open_set.score
         if wanted != "auto" and wanted not in names:
@@ -238,8 +243,14 @@ def _open_set_entry(cfg: Config, choice: _ModelChoices, species: list[Species], 
     flagged_known = scores["test"][name] >= threshold
     unknown_probs = openset.probabilities(outs["unknown_test"], temperature)
     checks = [UnknownCheck.from_record(v, record) for v in scores["unknown_test"][name]]
-    verdict_flagged = verdicts(unknown_probs, species, cfg, graded, checks)
-    verdict_unflagged = verdicts(unknown_probs, species, cfg, graded)
+    verdict_flagged = verdicts(unknown_probs, species, cfg, graded, checks, temperature)
+    # What the check is worth: the same photos against limits that flag none of them (a finite
+    # limit above every score), i.e. the verdicts had the model no unknown-species check.
+    above_all = float(np.max(scores["unknown_test"][name])) + 1.0
+    passing = {**record, "threshold": above_all, "edible_threshold": above_all}
+    verdict_unflagged = verdicts(unknown_probs, species, cfg, graded,
+                                 [UnknownCheck.from_record(v, passing) for v in scores["unknown_test"][name]],
+                                 temperature)
     dangerous = [ops.dangerous[r["species"]] for r in ops.test.rows]
     keys.update({
         "unknown_score": name, "unknown_threshold": threshold, "unknown_recall_target": recall,
@@ -296,8 +307,8 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
     feature statistics a Mahalanobis score needs) into the folder for predict.py."""
     meta = read_meta(folder)
     class_names, size = meta["class_names"], int(meta["image_size"])
-    species = [Species.from_dict(s) for s in meta["species"]]
     graded = graded_species(cfg)
+    species = classes_from_table(class_names, graded)   # grades from the current table, not meta.json's
     edible, dangerous = class_masks(species)
     test = load_split(data_dir, "test", class_names, size)
     val = load_split(data_dir, "val", class_names, size)
@@ -325,7 +336,16 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
     confidence, n_bins = cfg.evaluate.confidence, cfg.evaluate.ece_bins
     outcomes, dists = {}, {}
     temperatures, open_set_records, stats_files = {}, {}, {}
+    # --formats evaluates some formats only: the others keep their fitted thresholds and temperatures
+    # (predict.py needs them), and the new ones follow the rules already chosen for the folder.
+    merging = formats is not None
+    previous_os = _previous_open_set(folder) if merging else None
+    previous_t = (ModelFolder(folder).read_temperatures() or {}) if merging else {}
     choice = _ModelChoices()
+    if previous_os:
+        ref_record = previous_os["by_format"].get(previous_os.get("reference_format"))
+        choice.score = ref_record["score"] if ref_record else None
+        choice.fusion = previous_os.get("fusion")
     for fmt in wanted:
         t0 = time.perf_counter()
         predictor = Predictor(fmt, files[fmt], threads)
@@ -356,7 +376,7 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
         fusion = _fusion_entry(choice, temperature, stats, outs, test, val, ops, record.get("score"),
                                cfg.evaluate.ece_bins)
         med, p95 = latency_ms(predictor.one(), test.images[0], cfg.evaluate.latency_runs, cfg.evaluate.latency_warmup)
-        verdict_list = verdicts(calibrated, species, cfg, graded, checks)
+        verdict_list = verdicts(calibrated, species, cfg, graded, checks, temperature)
         outcomes[fmt] = ci_stats.Outcomes.from_arrays(probs, calibrated, test.labels, verdict_list, edible, dangerous)
         dists[fmt] = ci_stats.distributions(boot.weights, outcomes[fmt], n_bins)
         entry = {
@@ -398,17 +418,30 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
                 f"({entry['mcnemar_b']} photos lost, {entry['mcnemar_c']} gained), top-1 species changed on "
                 f"{entry['flip_rate']:.0%}, ΔECE (calibrated) {entry['delta_ece_calibrated']:+.3f} "
                 f"{_ci_text(entry['delta_ece_calibrated_ci'], True)}")
-    reference = entries[0]["format"]
     written = ModelFolder(folder)
+    by_format = {**previous_t.get("by_format", {}), **temperatures}
+    reference = reference_format([f for f in FORMATS if f in by_format])
     written.write_temperature({
-        "temperature": temperatures[reference], "reference_format": reference, "by_format": temperatures,
+        "temperature": by_format[reference], "reference_format": reference, "by_format": by_format,
         "fitted_on": "val", "n_val": int(len(val.labels))})
-    # With nothing fitted, an older open_set.json is removed, so predict.py never uses a stale one.
+    # Formats evaluated now replace their records (a format now without one loses its old one);
+    # with nothing fitted at all, open_set.json is removed, so predict.py never uses a stale one.
+    records = {f: r for f, r in (previous_os or {}).get("by_format", {}).items() if f not in wanted}
+    records.update(open_set_records)
     written.write_open_set({
-        "by_format": open_set_records, "reference_format": reference, "fusion": choice.fusion,
-        "unknown_val_species": ops.val_species, "unknown_test_species": ops.test_species,
-        "fitted_on": "unknown-val species (threshold), val (temperature)"} if open_set_records else None, stats_files)
+        "by_format": records, "reference_format": reference_format([f for f in FORMATS if f in records] or [reference]),
+        "fusion": choice.fusion, "unknown_val_species": ops.val_species, "unknown_test_species": ops.test_species,
+        "fitted_on": "unknown-val species (threshold), val (temperature)"} if records else None, stats_files,
+        replace=wanted if merging else None)
     return entries, arrays
+
+
+def _previous_open_set(folder: Path) -> dict | None:
+    """open_set.json as an earlier evaluate.py left it, or None (none, or too old to keep)."""
+    try:
+        return ModelFolder(folder).read_open_set()
+    except UserError:
+        return None
 
 
 def _ci_text(ci: list[float] | None, signed: bool = False) -> str:

@@ -180,11 +180,23 @@ class ModelFolder:
             raise UserError(f"{self.meta_file} is not valid JSON ({exc}): retrain or restore the model folder") from None
 
     def read_temperature(self, fmt: str | None = None) -> float | None:
-        """The temperature evaluate.py fitted for `fmt` (else its reference format); None if not evaluated."""
+        """The temperature evaluate.py fitted for `fmt` (fmt None: for the reference format); None
+        when that format was not evaluated. Never another format's: a temperature fitted on one
+        file's logits does not calibrate another's, and the answer's rules need this format's own."""
+        data = self.read_temperatures()
+        if data is None:
+            return None
+        value = data.get("by_format", {}).get(fmt) if fmt is not None else data.get("temperature")
+        return None if value is None else float(value)
+
+    def read_temperatures(self) -> dict | None:
+        """temperature.json as written, or None when there is none."""
         if not self.temperature_file.is_file():
             return None
-        data = json.loads(self.temperature_file.read_text(encoding="utf-8"))
-        return float(data.get("by_format", {}).get(fmt, data["temperature"]))
+        try:
+            return json.loads(self.temperature_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{self.temperature_file} is not valid JSON ({exc}): rerun evaluate.py {self.path}") from None
 
     def read_quantize_report(self) -> dict:
         """The last quantize.json, or {} when there is none or it is broken (a rerun rewrites it)."""
@@ -227,12 +239,14 @@ class ModelFolder:
     def write_temperature(self, data: dict) -> None:
         write_json(self.temperature_file, data)
 
-    def write_open_set(self, data: dict | None, stats: dict[str, dict]) -> None:
+    def write_open_set(self, data: dict | None, stats: dict[str, dict], replace: Iterable[str] | None = None) -> None:
         """open_set.json and open_set/<format>.npz (the formats in `stats`). Older statistics are
-        removed first, and open_set.json too when `data` is None, so predict.py never reads a
+        removed first (only those of the formats in `replace` when given: the others stay with
+        their records), and open_set.json too when `data` is None, so predict.py never reads a
         threshold or statistics of an earlier evaluation."""
         for old in (self.path / self.OPEN_SET_STATS).glob("*.npz"):
-            old.unlink()
+            if replace is None or old.stem in set(replace):
+                old.unlink()
         if data is None:
             self.open_set_file.unlink(missing_ok=True)
             return

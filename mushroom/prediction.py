@@ -17,7 +17,7 @@ from mushroom.config import Config
 from mushroom.errors import UserError
 from mushroom.images import IMAGE_SUFFIXES, load_image
 from mushroom.modelio import ModelFolder, read_meta, read_temperature
-from mushroom.species import Species, graded_species
+from mushroom.species import Species, classes_from_table, graded_species
 
 # Preference when no --model is given: the smallest, fastest files first (what a phone would ship).
 DEFAULT_FORMAT_ORDER = ("qat_int8", "ptq_int8", "dynamic", "float16", "float32")
@@ -103,11 +103,22 @@ class Forager:
 
         path, folder, fmt = resolve_model(model, cfg.paths.models_dir, cfg.paths.reports_dir)
         meta = read_meta(folder)
-        species = [Species.from_dict(s) for s in meta["species"]]
+        table = graded_species(cfg)
+        species = classes_from_table(meta["class_names"], table)   # grades from the current table
         runtime = TFLiteModel(path, num_threads=threads)
         record, stats, fusion = read_open_set(folder, fmt)
-        return cls(path, folder, fmt, runtime, species, graded_species(cfg), int(meta["image_size"]),
+        return cls(path, folder, fmt, runtime, species, table, int(meta["image_size"]),
                    read_temperature(folder, fmt), dict(cfg.predict), record, stats, fusion or "mean")
+
+    def missing(self) -> list[str]:
+        """What the folder lacks for this format before any answer may be "edible" (empty when
+        evaluate.py fitted both), as a user would look for it."""
+        out = []
+        if self.open_set is None:
+            out.append(f"an unknown-species threshold for {self.fmt} ({ModelFolder.OPEN_SET})")
+        if self.temperature is None:
+            out.append(f"a temperature for {self.fmt} ({ModelFolder.TEMPERATURE})")
+        return out
 
     def outputs(self, photos: list[Path]) -> dict[str, np.ndarray]:
         """The model's outputs (probs, logits, embedding) for the photos, one row each."""
@@ -116,7 +127,14 @@ class Forager:
             if photo.is_dir():
                 raise UserError(f"{photo} holds no photos (.jpg, .png, ...)")
             images.append(load_image(photo, self.image_size))
-        return {k: np.asarray(v, np.float64) for k, v in self.model.run(np.stack(images)).items()}
+        out = {k: np.asarray(v, np.float64) for k, v in self.model.run(np.stack(images)).items()}
+        for role, values in out.items():
+            bad = ~np.all(np.isfinite(values.reshape(len(photos), -1)), axis=1)
+            if bad.any():
+                names = ", ".join(str(p) for p, b in zip(photos, bad) if b)
+                raise UserError(f"{names}: the model gave non-finite {role} (NaN or infinity), so there is no "
+                                f"answer; the model file {self.path} may be broken: re-export it with quantize_qat.py")
+        return out
 
     def _answer(self, outputs: dict, image: str) -> Answer:
         """The answer for the outputs of one find's photos (one row each): class probabilities from
@@ -131,8 +149,15 @@ class Forager:
                 raise UserError(f"{self.path} does not give what its unknown-species score ({name}) needs: "
                                 "re-export it with quantize_qat.py --force, then evaluate.py")
             mean, worst = openset.find_scores(outputs, self.temperature, self.stats, name)
-            unknown = UnknownCheck.from_record(mean, self.open_set, worst if len(outputs["probs"]) > 1 else None)
-        return advise(probs, self.species, self.predict_cfg, self.table, image=image, unknown=unknown)
+            try:
+                unknown = UnknownCheck.from_record(mean, self.open_set, worst if len(outputs["probs"]) > 1 else None)
+            except ValueError as exc:
+                raise UserError(f"{image}: {exc}") from None
+        try:
+            return advise(probs, self.species, self.predict_cfg, self.table, image=image, unknown=unknown,
+                          temperature=self.temperature)
+        except ValueError as exc:   # non-finite probabilities: an error for the photo, never a verdict
+            raise UserError(f"{image}: {exc}") from None
 
     def probabilities(self, photo: Path) -> np.ndarray:
         """Calibrated class probabilities of one photo."""

@@ -106,3 +106,16 @@ def by_folder(species: list[Species]) -> dict[str, Species]:
 
 def by_name(species: list[Species]) -> dict[str, Species]:
     return {s.name: s for s in species}
+
+
+def classes_from_table(class_names: list[str], table: list[Species]) -> list[Species]:
+    """A model's classes (meta.json's class_names, in output order) graded by the CURRENT table:
+    a species re-graded since training answers with its new grade, notes and look-alikes. The
+    grades saved in meta.json at training are a snapshot and never used for advice."""
+    known = by_name(table)
+    missing = [n for n in class_names if n not in known]
+    if missing:
+        raise UserError(f"the model's class{'es' if len(missing) > 1 else ''} {', '.join(missing)} "
+                        f"{'are' if len(missing) > 1 else 'is'} not in the species table (config.yaml species or "
+                        "evaluation_species): add the species back with its grade, or retrain without it")
+    return [known[n] for n in class_names]

@@ -33,8 +33,15 @@ def vec(classes, named: dict[str, float]) -> np.ndarray:
     return p
 
 
-def ask(classes, table, cfg, named, **overrides):
-    return advise(vec(classes, named), classes, {**cfg.predict, **overrides}, table)
+# A fitted check that this photo passes well inside both limits, and a fitted temperature: what an
+# evaluated model folder gives. Tests of the other rules start from it.
+PASS = UnknownCheck(0.10, 0.50, "energy", 0.95, edible_threshold=0.30, edible_recall=0.99)
+T = 1.0
+
+
+def ask(classes, table, cfg, named, unknown=PASS, temperature=T, **overrides):
+    return advise(vec(classes, named), classes, {**cfg.predict, **overrides}, table, unknown=unknown,
+                  temperature=temperature)
 
 
 def says_do_not_eat(answer) -> bool:
@@ -121,74 +128,42 @@ def test_edible_top1_below_threshold_with_deadly_runner_up(cfg, classes, table):
     assert any(r.startswith("Amanita phalloides (Death cap), graded deadly, holds 35.0%") for r in a.reasons)
 
 
-def test_verdict_invariants_on_random_probability_vectors(cfg, classes, table):
-    """Whatever the probabilities and the unknown-species score: "edible" only when every rule
-    holds (never for a flagged photo, never with an unseen dangerous look-alike); any other answer
-    says do not eat; reasons are full sentences ending with the reminder."""
-    rng = np.random.default_rng(0)
-    names = [s.name for s in classes]
-    edible_ids = [i for i, s in enumerate(classes) if s.is_edible]
-    graded = graded_species(cfg)
-    seen = set()
-    for trial in range(600):
-        alpha = rng.choice([0.02, 0.1, 1.0])
-        p = rng.dirichlet(np.full(len(classes), alpha))
-        if trial % 3 == 0:  # make confident edible answers common enough to test
-            p = 0.1 * p
-            p[rng.choice(edible_ids)] += 0.9
-        unknown = None if trial % 4 == 0 else UnknownCheck(float(rng.uniform()), 0.7, "msp", 0.95)
-        a = advise(p, classes, cfg.predict, graded, unknown=unknown)
-        seen.add(a.verdict)
-        top1 = by_name(classes)[a.top[0]["species"]]
-        assert a.rules and set(a.rules) <= set(RULES)
-        if unknown is not None and unknown.score >= 0.7:
-            assert a.verdict == "unknown" and a.rules == ["unknown_species"]
-        if a.verdict == "edible":
-            assert a.certainty >= 0.9 and top1.is_edible and a.rules == ["confident_edible"]
-            assert all(p[i] <= 0.02 for i, s in enumerate(classes) if s.is_dangerous)
-            assert unknown is None or not unknown.flagged
-            assert not [la for la in a.look_alikes if la["of_species"] == top1.name and not la["in_model"]
-                        and la["edibility"] in ("poisonous", "deadly", UNKNOWN_EDIBILITY)]
-        else:
-            assert says_do_not_eat(a)
-        if a.verdict == "not_edible":
-            assert not top1.is_edible and a.certainty >= 0.5
-        assert a.certainty == pytest.approx(p.max())
-        assert a.top[0]["species"] == names[int(np.argmax(p))]
-        assert all(r[0].isupper() and r.endswith(".") for r in a.reasons)
-        assert a.reasons[-1] == REMINDER
-    assert seen == set(VERDICTS)
-
-
 def test_edible_needs_a_score_below_the_stricter_edible_threshold(cfg, classes, table):
     sure = vec(classes, {"Pleurotus ostreatus": 0.999})
     check = lambda score: UnknownCheck(score, 0.25, "energy", 0.95, edible_threshold=0.15, edible_recall=0.99)
-    assert advise(sure, classes, cfg.predict, table, unknown=check(0.149)).verdict == "edible"
-    between = advise(sure, classes, cfg.predict, table, unknown=check(0.15))     # not flagged, not edible either
+    assert advise(sure, classes, cfg.predict, table, unknown=check(0.149), temperature=T).verdict == "edible"
+    between = advise(sure, classes, cfg.predict, table, unknown=check(0.15), temperature=T)  # not flagged, not edible either
     assert between.verdict == "uncertain" and between.rules == ["unknown_margin"]
     assert not between.to_json()["unknown_flagged"] and between.to_json()["unknown_edible_threshold"] == 0.15
     assert any("not typical enough" in r for r in between.reasons)
     assert any("at or above 0.15, the stricter limit" in r and "99% of photos" in r for r in between.reasons)
-    assert advise(sure, classes, cfg.predict, table, unknown=check(0.25)).verdict == "unknown"
+    assert advise(sure, classes, cfg.predict, table, unknown=check(0.25), temperature=T).verdict == "unknown"
     # the margin only ever takes "edible" away: a confident poisonous answer is unchanged by it
     amanita = vec(classes, {"Amanita phalloides": 0.999})
-    assert advise(amanita, classes, cfg.predict, table, unknown=check(0.2)).verdict == "not_edible"
+    assert advise(amanita, classes, cfg.predict, table, unknown=check(0.2), temperature=T).verdict == "not_edible"
     record = {"score": "energy", "threshold": 0.25, "unknown_recall": 0.95, "edible_threshold": 0.15, "edible_recall": 0.99}
     assert UnknownCheck.from_record(0.2, record) == check(0.2)
     # a find: the mean of its photos' scores passes both limits, but one photo is too unfamiliar
     find = UnknownCheck.from_record(0.10, record, worst_photo_score=0.22)
-    answer = advise(sure, classes, cfg.predict, table, unknown=find)
+    answer = advise(sure, classes, cfg.predict, table, unknown=find, temperature=T)
     assert not find.flagged and answer.verdict == "uncertain" and answer.rules == ["unknown_margin"]
     assert any(r.startswith("One of its photos has an unknown-species score of 0.22") for r in answer.reasons)
-    assert advise(sure, classes, cfg.predict, table,
+    assert advise(sure, classes, cfg.predict, table, temperature=T,
                   unknown=UnknownCheck.from_record(0.10, record, worst_photo_score=0.12)).verdict == "edible"
+    # no stricter threshold at all (an open_set.json of an older evaluate.py): never "edible"
+    old = UnknownCheck(0.01, 0.25, "energy", 0.95)
+    answer = advise(sure, classes, cfg.predict, table, unknown=old, temperature=T)
+    assert answer.verdict == "uncertain" and answer.rules == ["unknown_margin"]
+    assert any("no stricter limit for 'edible'" in r and "rerun evaluate.py" in r for r in answer.reasons)
 
 
 def test_a_flagged_photo_is_never_edible(cfg, classes, table):
     sure = vec(classes, {"Pleurotus ostreatus": 0.999})
-    passed = advise(sure, classes, cfg.predict, table, unknown=UnknownCheck(0.10, 0.25, "energy", 0.95))
+    passed = advise(sure, classes, cfg.predict, table, temperature=T,
+                    unknown=UnknownCheck(0.10, 0.25, "energy", 0.95, edible_threshold=0.2))
     assert passed.verdict == "edible" and not passed.to_json()["unknown_flagged"]
-    flagged = advise(sure, classes, cfg.predict, table, unknown=UnknownCheck(0.25, 0.25, "energy", 0.95))
+    flagged = advise(sure, classes, cfg.predict, table, temperature=T,
+                     unknown=UnknownCheck(0.25, 0.25, "energy", 0.95, edible_threshold=0.2))
     assert flagged.verdict == "unknown" and flagged.rules == ["unknown_species"]
     assert flagged.top[0]["species"] == "Pleurotus ostreatus"   # what it resembles is still shown
     assert any("does not look like any of the 51 species" in r and "95%" in r for r in flagged.reasons)
@@ -198,19 +173,36 @@ def test_a_flagged_photo_is_never_edible(cfg, classes, table):
     assert "Verdict: UNKNOWN SPECIES - DO NOT EAT" in format_text(flagged)
 
 
-def test_without_a_threshold_the_answer_says_it_cannot_tell(cfg, classes, table):
-    a = ask(classes, table, cfg, {"Pleurotus ostreatus": 0.95})
-    assert a.verdict == "edible" and a.to_json()["unknown_score"] is None
-    assert any("No unknown-species threshold" in r for r in a.reasons)
+def test_without_a_fitted_check_or_temperature_nothing_is_edible(cfg, classes, table):
+    """A folder never evaluated (or copied without open_set.json / temperature.json): the answer
+    that would be "edible" is "uncertain", and says why and what to run."""
+    assert ask(classes, table, cfg, {"Pleurotus ostreatus": 0.95}).verdict == "edible"     # with both
+    a = ask(classes, table, cfg, {"Pleurotus ostreatus": 0.95}, unknown=None)
+    assert a.verdict == "uncertain" and a.rules == ["no_unknown_check"] and a.to_json()["unknown_score"] is None
+    assert any("No unknown-species check is fitted" in r and "Run evaluate.py" in r for r in a.reasons)
+    assert any("never checked against photos of species it does not know" in r for r in a.reasons)
+    assert "Unknown-species check: none fitted" in format_text(a)
+    a = ask(classes, table, cfg, {"Pleurotus ostreatus": 0.95}, temperature=None)
+    assert a.verdict == "uncertain" and a.rules == ["not_calibrated"]
+    assert any("No temperature is fitted" in r for r in a.reasons)
+    a = ask(classes, table, cfg, {"Pleurotus ostreatus": 0.95}, unknown=None, temperature=None)
+    assert a.rules == ["no_unknown_check", "not_calibrated"] and a.verdict == "uncertain"
+    # a confident poisonous answer needs no check to say "do not eat"
+    a = ask(classes, table, cfg, {"Amanita muscaria": 0.95}, unknown=None, temperature=None)
+    assert a.verdict == "not_edible" and says_do_not_eat(a)
 
 
 # --- look-alikes ----------------------------------------------------------------------------------
 def test_look_alikes_resolved_from_the_table(cfg, classes, table):
+    # the puffball's look-alike is the death cap's egg: deadly, and no photo of an adult death cap
+    # teaches it, so "edible" is ruled out although the model knows the death cap (rule deadly_look_alike)
     a = ask(classes, table, cfg, {"Lycoperdon perlatum": 0.95})
     assert {"name": "Amanita phalloides", "of_species": "Lycoperdon perlatum", "edibility": "deadly",
             "in_model": True, "note": "egg stage"} in a.look_alikes
-    assert a.verdict == "edible"
-    assert any("Amanita phalloides (egg stage)" in r and "deadly" in r for r in a.reasons)
+    assert a.verdict == "uncertain" and a.rules == ["deadly_look_alike"]
+    assert any(r.startswith("Lycoperdon perlatum has a look-alike, Amanita phalloides, graded deadly (egg stage), "
+                            "that a photo cannot tell apart from it") for r in a.reasons)
+    assert says_do_not_eat(a)
 
     # a look-alike outside the table: ungraded, never learnt, so "edible" is ruled out (rule
     # unknown_look_alike) however sure the model is
@@ -221,12 +213,11 @@ def test_look_alikes_resolved_from_the_table(cfg, classes, table):
     assert any("Galerina marginata, not in the species table (deadly)" in r and "cannot tell the two apart" in r
                for r in a.reasons)
     # graded by the evaluation-only species: the same rule, now naming the grade
-    a = advise(vec(classes, {"Kuehneromyces mutabilis": 0.95}), classes, cfg.predict, graded_species(cfg))
+    a = ask(classes, graded_species(cfg), cfg, {"Kuehneromyces mutabilis": 0.95})
     assert a.look_alikes[0]["edibility"] == "deadly" and a.rules == ["unknown_look_alike"]
     assert any("Galerina marginata, graded deadly" in r for r in a.reasons)
     # an unseen look-alike that is only bitter does not block: Tylopilus felleus is graded inedible
-    a = advise(vec(classes, {"Boletus edulis": 0.95}), classes, cfg.predict, graded_species(cfg))
-    assert a.verdict == "edible"
+    assert ask(classes, graded_species(cfg), cfg, {"Boletus edulis": 0.95}).verdict == "edible"
 
     # the table lists look-alikes one way; a death cap photo still gets the species that list it
     a = ask(classes, table, cfg, {"Amanita phalloides": 0.9})
@@ -236,7 +227,7 @@ def test_look_alikes_resolved_from_the_table(cfg, classes, table):
 def test_look_alike_in_table_but_not_among_the_models_classes(cfg, table):
     t = by_name(table)
     classes = [t["Amanita rubescens"], t["Boletus edulis"], t["Amanita muscaria"]]
-    a = advise(np.array([0.95, 0.04, 0.01]), classes, cfg.predict, table)
+    a = advise(np.array([0.95, 0.04, 0.01]), classes, cfg.predict, table, unknown=PASS, temperature=T)
     assert {"name": "Amanita pantherina", "of_species": "Amanita rubescens", "edibility": "poisonous",
             "in_model": False, "note": ""} in a.look_alikes
     # the model never saw the panther cap, so it cannot rule it out: never "edible"
@@ -244,7 +235,8 @@ def test_look_alike_in_table_but_not_among_the_models_classes(cfg, table):
     assert any("Amanita pantherina, graded poisonous" in r and "never trained on" in r for r in a.reasons)
     # with the panther cap among its classes, the model weighs it itself
     classes = [t["Amanita rubescens"], t["Boletus edulis"], t["Amanita pantherina"]]
-    assert advise(np.array([0.95, 0.04, 0.01]), classes, cfg.predict, table).verdict == "edible"
+    assert advise(np.array([0.95, 0.04, 0.01]), classes, cfg.predict, table, unknown=PASS,
+                  temperature=T).verdict == "edible"
 
 
 def test_parse_look_alikes_rejoins_split_parentheses():
@@ -312,17 +304,250 @@ def test_demo_config_classes_work(table):
     classes = selected_species(demo)
     p = np.full(len(classes), 0.01)
     p[[s.name for s in classes].index("Macrolepiota procera")] = 1 - 0.01 * (len(classes) - 1)
-    a = advise(p, classes, demo.predict, graded_species(demo))
+    a = advise(p, classes, demo.predict, graded_species(demo), unknown=PASS, temperature=T)
     # pantherina holds 1% <= 2%, but the false parasol was never learnt: not "edible"
     assert a.verdict == "uncertain" and a.rules == ["unknown_look_alike"]
     assert any("Chlorophyllum molybdites, graded poisonous" in r for r in a.reasons)
     # the king bolete's unseen look-alike is only bitter: the demo model may call it edible
     p = np.full(len(classes), 0.01)
     p[[s.name for s in classes].index("Boletus edulis")] = 1 - 0.01 * (len(classes) - 1)
-    assert advise(p, classes, demo.predict, graded_species(demo)).verdict == "edible"
+    assert advise(p, classes, demo.predict, graded_species(demo), unknown=PASS, temperature=T).verdict == "edible"
+    # the honey fungus's look-alike, the funeral bell, is deadly and never learnt: never "edible"
+    p = np.full(len(classes), 0.01)
+    p[[s.name for s in classes].index("Armillaria mellea")] = 1 - 0.01 * (len(classes) - 1)
+    a = advise(p, classes, demo.predict, graded_species(demo), unknown=PASS, temperature=T)
+    assert a.verdict == "uncertain" and a.rules == ["unknown_look_alike"]
 
 
 def test_advice_module_does_not_import_tensorflow():
     code = "import sys, mushroom.advice; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --- grades from the current table ----------------------------------------------------------------
+def test_a_regraded_species_changes_an_existing_models_answer(cfg):
+    """meta.json's grades are a snapshot of training: the answer follows the current table."""
+    from mushroom.errors import UserError
+    from mushroom.species import Species, classes_from_table
+
+    table = graded_species(cfg)
+    names = ["Boletus edulis", "Amanita muscaria", "Hypholoma fasciculare"]   # a model's class order
+    p = np.array([0.97, 0.02, 0.01])
+    before = advise(p, classes_from_table(names, table), cfg.predict, table, unknown=PASS, temperature=T)
+    assert before.verdict == "edible"
+    regraded = [Species(s.name, s.common_name, s.taxon_id, "poisonous", "re-graded in a test", s.look_alikes)
+                if s.name == "Boletus edulis" else s for s in table]
+    after = advise(p, classes_from_table(names, regraded), cfg.predict, regraded, unknown=PASS, temperature=T)
+    assert after.verdict == "not_edible" and after.top[0]["edibility"] == "poisonous"
+    assert any("Boletus edulis is graded poisonous" in r for r in after.reasons)
+    with pytest.raises(UserError, match="Boletus edulis is not in the species table"):
+        classes_from_table(names, [s for s in table if s.name != "Boletus edulis"])
+
+
+# --- deadly look-alikes ---------------------------------------------------------------------------
+def test_deadly_look_alike_of_any_likely_species_blocks_edible(cfg, classes, table):
+    # the oyster mushroom has no look-alike; a puffball at 3% (> danger_threshold) brings the death
+    # cap's egg along: a photo that might be a puffball might be that egg
+    a = ask(classes, table, cfg, {"Pleurotus ostreatus": 0.95, "Lycoperdon perlatum": 0.03})
+    assert a.verdict == "uncertain" and a.rules == ["deadly_look_alike"]
+    assert any(r.startswith("Lycoperdon perlatum has a look-alike, Amanita phalloides") for r in a.reasons)
+    # at 2% (not above the threshold) the puffball does not count
+    assert ask(classes, table, cfg, {"Pleurotus ostreatus": 0.95, "Lycoperdon perlatum": 0.02}).verdict == "edible"
+
+
+def test_poisonous_look_alike_in_a_stage_or_form_blocks_edible(cfg):
+    from mushroom.advice import always_blocks
+    from mushroom.species import Species
+
+    table = [Species("Edulis a", "A", 1, "choice", "", ("Toxica b (young)",)),
+             Species("Toxica b", "B", 2, "poisonous"),
+             Species("Edulis c", "C", 3, "edible", "", ("Toxica b",)),
+             Species("Edulis d", "D", 4, "edible", "", ("Outsider e (not in list; dried)",))]
+    classes = table
+    for name, verdict, rules in (("Edulis a", "uncertain", ["deadly_look_alike"]),
+                                 ("Edulis c", "edible", ["confident_edible"]),          # plain poisonous: weighed
+                                 ("Edulis d", "uncertain", ["unknown_look_alike"])):   # ungraded, never learnt
+        a = ask(classes, table, cfg, {name: 0.97})
+        assert (a.verdict, a.rules) == (verdict, rules), name
+    la = lambda grade, note, in_model=True: {"edibility": grade, "note": note, "in_model": in_model}
+    assert always_blocks(la("deadly", "")) and always_blocks(la(UNKNOWN_EDIBILITY, "deadly"))
+    assert always_blocks(la("poisonous", "egg stage")) and always_blocks(la("poisonous", "dried"))
+    assert not always_blocks(la("poisonous", "")) and not always_blocks(la("inedible", "young"))
+    assert not always_blocks(la("poisonous", "bitter"))
+
+
+# --- non-finite numbers -----------------------------------------------------------------------------
+@pytest.mark.parametrize("field", ["score", "threshold", "edible_threshold", "worst_photo_score"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_unknown_check_is_refused(field, value):
+    """`NaN >= threshold` is False: a NaN score would pass as "not flagged" if it were accepted."""
+    args = {"score": 0.1, "threshold": 0.5, "name": "energy", "edible_threshold": 0.3, "worst_photo_score": 0.2}
+    args[field] = value
+    with pytest.raises(ValueError, match="not a finite number"):
+        UnknownCheck(**args)
+
+
+def test_non_finite_probabilities_or_temperature_get_no_verdict(cfg, classes, table):
+    p = vec(classes, {"Boletus edulis": 0.97})
+    for bad in (float("nan"), float("inf")):
+        q = p.copy()
+        q[3] = bad
+        with pytest.raises(ValueError, match="finite"):
+            advise(q, classes, cfg.predict, table, unknown=PASS, temperature=T)
+        with pytest.raises(ValueError, match="temperature"):
+            advise(p, classes, cfg.predict, table, unknown=PASS, temperature=bad)
+
+
+# --- the invariant, as a property over generated cases, in Python and in the page ----------------------
+EDIBLE_GRADES_ = ("choice", "edible", "caution")
+STAGE_WORDS = ("egg", "stage", "young", "button", "juvenile", "immature", "dried", "dry", "form")
+NOTES = ("", "egg stage", "young", "dried", "deadly", "bitter", "not in list", "not in list; deadly",
+         "not in list; egg stage", "rare")
+PROPERTY_RUNS: dict[str, int] = {}
+
+
+def _is_deadly_or_stage(grade: str | None, note: str) -> bool:
+    """Written apart from advice.always_blocks, from the issue's words: a deadly look-alike, or a
+    poisonous (or ungraded) one whose note names a stage or form."""
+    words = set(note.lower().replace(";", " ").split())
+    return grade == "deadly" or "deadly" in words or (grade in ("poisonous", "deadly", None) and bool(words & set(STAGE_WORDS)))
+
+
+def edible_invariant(case: dict, answer: dict) -> None:
+    """What an "edible" answer implies, checked from the case alone (not from advise's code)."""
+    from mushroom.advice import REMINDER as reminder
+
+    assert answer["reasons"][-1] == reminder
+    check, temperature = case["check"], case["temperature"]
+    if check is not None and check["score"] >= check["threshold"]:
+        assert answer["verdict"] == "unknown"
+    if answer["verdict"] != "edible":
+        assert any("do not eat" in r.lower() for r in answer["reasons"])
+        return
+    grades = {s["name"]: s["edibility"] for s in case["table"]}
+    listed = {s["name"]: [n for n, _ in parse_look_alikes(s["look_alikes"])] for s in case["table"]}
+    notes = {(s["name"], n): note for s in case["table"] for n, note in parse_look_alikes(s["look_alikes"])}
+    classes = case["classes"]
+    p = np.asarray(case["p"], np.float64)
+    p = p / p.sum() if abs(p.sum() - 1) > 1e-6 else p
+    cfg = case["predict"]
+    top1 = classes[int(np.argmax(p))]
+    # a fitted check for this format, a finite score below the stricter limit for every photo
+    assert check is not None and temperature is not None
+    assert check["edible_threshold"] is not None
+    worst = max(check["score"], check["worst_photo_score"] if check["worst_photo_score"] is not None else -np.inf)
+    assert np.isfinite(worst) and worst < check["edible_threshold"] and check["score"] < check["threshold"]
+    # the current table's grade, confidence
+    assert grades[top1] in EDIBLE_GRADES_ and p.max() >= cfg["edible_threshold"]
+    # no dangerous class above the danger threshold
+    assert all(p[i] <= cfg["danger_threshold"] for i, c in enumerate(classes) if grades[c] in ("poisonous", "deadly"))
+
+    def look_alikes(name):   # both directions of the table
+        out = [(n, notes[(name, n)]) for n in listed.get(name, [])]
+        out += [(other, "") for other, names in listed.items() if name in names and other not in listed.get(name, [])]
+        return [(n, note) for n, note in out if n != name]
+    likely = [top1] + [c for i, c in enumerate(classes) if p[i] > cfg["danger_threshold"]]
+    for name in likely:
+        for la, note in look_alikes(name):
+            assert not _is_deadly_or_stage(grades.get(la), note), (name, la, note)
+    for la, note in look_alikes(top1):   # no dangerous or ungraded look-alike the model never learnt
+        assert la in classes or grades.get(la) not in ("poisonous", "deadly", None), (top1, la)
+
+
+def _case_strategy():
+    from hypothesis import strategies as st
+
+    @st.composite
+    def cases(draw):
+        # Half the cases are "friendly": fitted check passed, temperature fitted, an edible class
+        # far ahead, few look-alikes, so that "edible" is common and the invariant is tested on it.
+        friendly = draw(st.booleans())
+        n = draw(st.integers(2, 7))
+        names = [f"Genus{k} species" for k in range(n)]
+        outsiders = ["Outsider x", "Outsider y"]
+        table = []
+        for name in names:
+            las = draw(st.lists(st.tuples(st.sampled_from(names + outsiders), st.sampled_from(NOTES)),
+                                max_size=1 if friendly else 3))
+            grades = ["choice", "edible", "caution", "inedible", "poisonous", "deadly"]
+            table.append({"name": name, "common_name": draw(st.sampled_from(["", f"Common {name[:7]}"])),
+                          "taxon_id": 1, "edibility": draw(st.sampled_from(grades[:4] if friendly else grades)),
+                          "notes": draw(st.sampled_from(["", "toxic raw", "cook well"])),
+                          "look_alikes": [f"{la} ({note})" if note else la for la, note in las if la != name]})
+        k = draw(st.integers(1, n))
+        classes = draw(st.permutations(names))[:k]
+        p = draw(st.lists(st.floats(0, 1), min_size=k, max_size=k))
+        boost = draw(st.integers(0, k - 1))
+        p[boost] += draw(st.sampled_from([1000.0] if friendly else [0.0, 0.5, 5.0, 50.0, 1000.0]))
+        if sum(p) <= 0:
+            p[boost] = 1.0
+        predict = {"top_k": draw(st.integers(1, k + 1)),
+                   "edible_threshold": draw(st.sampled_from([0.5, 0.8, 0.9, 0.99])),
+                   "danger_threshold": draw(st.sampled_from([0.0, 0.02, 0.05, 0.2])),
+                   "not_edible_threshold": draw(st.sampled_from([0.3, 0.5, 0.9]))}
+        check = None
+        if friendly:
+            check = {"score": draw(st.floats(-1.0, 0.09)), "threshold": 0.5, "name": "energy", "recall": 0.95,
+                     "edible_threshold": 0.1, "edible_recall": 0.99,
+                     "worst_photo_score": draw(st.sampled_from([None, 0.05, 0.0999, 0.1]))}
+        elif draw(st.integers(0, 4)):
+            threshold = draw(st.sampled_from([0.2, 0.5, 3.0]))
+            edible_t = draw(st.sampled_from([None, threshold, threshold / 2, threshold - 1e-9]))
+            score = draw(st.sampled_from([0.0, threshold / 2 - 1e-9, threshold / 2, threshold, threshold - 1e-9,
+                                          threshold + 1.0]) | st.floats(-1.0, 4.0))
+            worst = draw(st.sampled_from([None, None, score, threshold / 2, threshold * 2]))
+            check = {"score": score, "threshold": threshold, "name": "energy", "recall": 0.95,
+                     "edible_threshold": edible_t, "edible_recall": 0.99 if edible_t is not None else None,
+                     "worst_photo_score": worst}
+        temperature = draw(st.sampled_from([1.0] if friendly else [None, 1.0, 1.7]))
+        return {"table": table, "classes": classes, "p": p, "predict": predict, "check": check,
+                "temperature": temperature}
+
+    return cases()
+
+
+def test_edible_invariant_holds_in_python_and_in_the_page(cfg):
+    """Over generated tables (grades, look-alikes both ways, stage and form notes, species outside
+    the table), class subsets, probability vectors, thresholds and check states (none, fitted, at
+    and around each limit, finds), every "edible" answer of advice.advise satisfies the invariant
+    (edible_invariant, written from the rules' words, not from advise's code); then the page's
+    decision.js answers the same cases from the bundle app.rules_bundle builds for model.json, and
+    gives the same JSON answers, so the invariant holds there too."""
+    from hypothesis import HealthCheck, given, settings
+
+    from mushroom.app import rules_bundle
+    from mushroom.species import Species
+    from tests.nodejs import run_node
+
+    collected = []
+
+    @settings(max_examples=600, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(_case_strategy())
+    def check_python(case):
+        table = [Species.from_dict(s) for s in case["table"]]
+        by = {s.name: s for s in table}
+        classes = [by[n] for n in case["classes"]]
+        check = None if case["check"] is None else UnknownCheck(**case["check"])
+        answer = advise(case["p"], classes, case["predict"], table, image="photo.jpg", unknown=check,
+                        temperature=case["temperature"]).to_json()
+        edible_invariant(case, answer)
+        bundle = rules_bundle(classes, table, case["predict"], case["temperature"], None)
+        collected.append((case, bundle, answer))
+
+    check_python()
+    verdicts = {a["verdict"] for _, _, a in collected}
+    rules = {r for _, _, a in collected for r in a["rules"]}
+    assert verdicts == set(VERDICTS) and rules == set(RULES), (verdicts, set(RULES) - rules)
+    got = run_node("""
+import {advise} from './decision.js';
+console.log(JSON.stringify(input.map(({bundle, case: c}) => advise(c.p, bundle, c.check, 'photo.jpg'))));
+""", [{"bundle": b, "case": c} for c, b, _ in collected])
+    assert len(got) == len(collected)
+    for (case, _, expected), js in zip(collected, got):
+        edible_invariant(case, js)
+        assert js == expected, json.dumps({"case": case, "python": expected, "js": js}, indent=1)[:4000]
+    PROPERTY_RUNS["cases"] = len(collected)
+    print(f"\nproperty test: {len(collected)} generated cases, {sum(a['verdict'] == 'edible' for *_, a in collected)} "
+          f"'edible', the same answers from decision.js")

@@ -5,9 +5,7 @@ in a real browser is tested in test_app_browser.py."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -16,32 +14,12 @@ from PIL import Image
 from mushroom import openset
 from mushroom.advice import RULES, UnknownCheck, advise, look_alike_table
 from mushroom.app import (BUNDLE_FILE, MODEL_FILE, OPENSET_FILE, build_app, check_same_outputs, fix_batch,
-                          openset_binary, site_bytes)
+                          openset_binary, rules_bundle, site_bytes)
 from mushroom.config import PROJECT_ROOT
 from mushroom.images import resize_with_pad
 from mushroom.species import Species, graded_species
 
-SRC = PROJECT_ROOT / "app" / "src"
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def need_node() -> str:
-    node = shutil.which("node")
-    if node is None:
-        if IN_CI:
-            pytest.fail("node is not installed: .ci/run installs it (apt-get install -y nodejs npm)")
-        pytest.skip("node is not installed (apt-get install nodejs npm)")
-    return node
-
-
-def run_node(script: str, payload) -> object:
-    """Run an ES module snippet with `input` bound to the JSON payload; its printed JSON."""
-    code = ("import fs from 'fs';\n"
-            f"const input = JSON.parse(fs.readFileSync(0, 'utf8'));\n{script}\n")
-    out = subprocess.run([need_node(), "--input-type=module", "-e", code], input=json.dumps(payload),
-                         capture_output=True, text=True, cwd=SRC, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout)
+from tests.nodejs import IN_CI, SRC, need_node, run_node  # noqa: F401  (IN_CI: test_app_browser imports it)
 
 
 # --- the model file ------------------------------------------------------------------------------------
@@ -183,8 +161,9 @@ def _cases(rng, n_classes, n):
 
 
 def test_js_verdict_rules_match_advise(cfg):
-    """decision.advise gives predict.py's JSON answer, reasons word for word, on 2,000 cases over a
-    model of six species (the demo's) and one of all the table's species."""
+    """decision.advise gives predict.py's JSON answer, reasons word for word, on 2,300 cases over a
+    model of six species (the demo's), one of all the table's species and the demo's without a
+    fitted temperature, each read from the bundle model.json carries (app.rules_bundle)."""
     table = graded_species(cfg)
     by_name = {s.name: s for s in table}
     demo = ["Amanita muscaria", "Amanita pantherina", "Armillaria mellea", "Boletus edulis",
@@ -192,29 +171,25 @@ def test_js_verdict_rules_match_advise(cfg):
     rng = np.random.default_rng(13)
     payload = []
     expected = []
-    for classes in ([by_name[n] for n in demo], [s for s in table if s.taxon_id is not None]):
-        resolved = look_alike_table(classes, table)
-        bundle = {"classes": [{"name": s.name, "common_name": s.common_name, "edibility": s.edibility,
-                               "notes": s.notes, "look_alikes": resolved[s.name]} for s in classes],
-                  "predict": {k: cfg.predict[k] for k in ("top_k", "edible_threshold", "danger_threshold",
-                                                          "not_edible_threshold")},
-                  "grades": {"edible": ["choice", "edible", "caution"], "dangerous": ["poisonous", "deadly"],
-                             "meaning": __import__("mushroom.advice", fromlist=["GRADE_MEANING"]).GRADE_MEANING},
-                  "text": {"reminder": __import__("mushroom.advice", fromlist=["REMINDER"]).REMINDER,
-                           "unknown_edibility": __import__("mushroom.advice", fromlist=["x"]).UNKNOWN_EDIBILITY}}
+    for classes, temperature, n in (([by_name[n] for n in demo], 1.3, 1000),
+                                    ([s for s in table if s.taxon_id is not None], 1.3, 1000),
+                                    ([by_name[n] for n in demo], None, 300)):
+        bundle = rules_bundle(classes, table, cfg.predict, temperature, None)
         cases = []
-        for i, p in enumerate(_cases(rng, len(classes), 1000)):
+        for i, p in enumerate(_cases(rng, len(classes), n)):
             unknown = None
             if i % 3:
                 score = float(rng.choice([rng.normal(2800, 300), 2838.267935462564, -3.5, 0.25]))
                 threshold = float(rng.choice([2838.267935462564, 0.3, -4.0]))
-                # a stricter edible threshold half the time, sometimes between the score and the flagging one
-                edible_t = None if i % 4 < 2 else float(min(threshold, rng.choice([score - 1e-3, score + 1e-3, threshold])))
+                # the stricter edible threshold: now and then none (never "edible" then), sometimes
+                # between the score and the flagging one
+                edible_t = None if i % 16 == 1 else float(min(threshold, rng.choice([score - 1e-3, score + 1e-3, threshold])))
                 # a find's highest photo score, now and then, above or below the edible limit
                 worst = None if i % 5 < 3 else float(score + rng.choice([-1e-3, 2e-3, 50.0]))
                 unknown = UnknownCheck(score, threshold, "mahalanobis", float(rng.choice([0.95, 0.9])) if i % 2 else None,
                                        edible_t, 0.99 if edible_t is not None and i % 8 < 6 else None, worst)
-            expected.append(advise(p, classes, cfg.predict, table, image=f"photo{i}.jpg", unknown=unknown).to_json())
+            expected.append(advise(p, classes, cfg.predict, table, image=f"photo{i}.jpg", unknown=unknown,
+                                   temperature=temperature).to_json())
             cases.append({"p": p.tolist(), "image": f"photo{i}.jpg",
                           "unknown": None if unknown is None else {"score": unknown.score, "threshold": unknown.threshold,
                                                                    "name": unknown.name, "recall": unknown.recall,
@@ -235,6 +210,78 @@ console.log(JSON.stringify(out));
     assert rules == set(RULES)                                               # and every rule fired
     mismatches = [(e, g) for e, g in zip(expected, got) if e != g]
     assert not mismatches, json.dumps(mismatches[0], indent=1)[:4000]
+
+
+def _bad_bundles(good: dict) -> list[dict]:
+    import copy
+
+    def edit(path, value):
+        b = copy.deepcopy(good)
+        d = b
+        for k in path[:-1]:
+            d = d[k]
+        if value is KeyError:
+            del d[path[-1]]
+        else:
+            d[path[-1]] = value
+        return b
+    return [good, edit(["open_set"], None), edit(["temperature"], None), edit(["temperature"], 0),
+            edit(["temperature"], -1.0), edit(["temperature"], "1.3"),
+            edit(["open_set", "edible_threshold"], None), edit(["open_set", "edible_threshold"], KeyError),
+            edit(["open_set", "threshold"], None), edit(["open_set", "edible_threshold"], 99.0),
+            edit(["open_set", "score"], "entropy"), edit(["predict", "edible_threshold"], 1.5),
+            edit(["predict", "danger_threshold"], None), edit(["predict", "top_k"], 0), edit(["classes"], []),
+            edit(["open_set"], [])]
+
+
+def test_the_page_refuses_the_bundles_python_refuses(cfg):
+    """app.bundle_problems (build_app.py refuses to write such a model.json) and decision.js's
+    bundleProblems (the page refuses to answer from one) name the same problems for the same
+    bundles: no fitted check, no edible threshold, no temperature, non-finite or loose thresholds."""
+    from mushroom.app import bundle_problems
+
+    table = graded_species(cfg)
+    record = {"score": "energy", "threshold": 0.5, "unknown_recall": 0.95, "edible_threshold": 0.3, "edible_recall": 0.99}
+    good = rules_bundle(table[:4], table, cfg.predict, 1.3, record)
+    bundles = _bad_bundles(good)
+    expected = [bundle_problems(b) for b in bundles]
+    assert expected[0] == [] and all(expected[1:])
+    got = run_node("""
+import {bundleProblems, validateBundle} from './decision.js';
+console.log(JSON.stringify(input.map((b) => {
+  let threw = false;
+  try { validateBundle(b); } catch (e) { threw = true; }
+  return [bundleProblems(b), threw];
+})));
+""", bundles)
+    assert [g[0] for g in got] == expected
+    assert [g[1] for g in got] == [bool(e) for e in expected]
+
+
+def test_page_answers_a_file_without_logits_and_refuses_non_finite_outputs(cfg):
+    """answerFind reads probabilities when a file gives no logits (as openset._logits does), and a
+    NaN or infinite output is an error for the photo, never a verdict."""
+    table = graded_species(cfg)
+    classes = table[:4]
+    record = {"score": "msp", "threshold": 0.5, "unknown_recall": 0.95, "edible_threshold": 0.3, "edible_recall": 0.99}
+    bundle = rules_bundle(classes, table, cfg.predict, 1.3, record)
+    probs = [0.01, 0.96, 0.02, 0.01]
+    outputs = {"probs": np.array([probs])}
+    calibrated = openset.probabilities(outputs, 1.3)[0]
+    score = openset.unknown_scores(outputs, 1.3, None, ["msp"])["msp"][0]
+    expected = advise(calibrated, classes, cfg.predict, table, image="x.jpg", temperature=1.3,
+                      unknown=UnknownCheck.from_record(score, record)).to_json()
+    got = run_node("""
+import {answerFind} from './decision.js';
+const out = [answerFind(input.bundle, [{probs: input.probs}], null, 'x.jpg')];
+for (const bad of [NaN, Infinity]) {
+  try { answerFind(input.bundle, [{probs: input.probs, logits: [0, bad, 0, 0]}], null, 'x.jpg'); out.push('answered'); }
+  catch (e) { out.push(e.message); }
+}
+console.log(JSON.stringify(out));
+""", {"bundle": bundle, "probs": probs})
+    assert got[0] == expected
+    assert all("non-finite logits" in g for g in got[1:])
 
 
 def test_js_number_formats_are_pythons():
@@ -281,3 +328,28 @@ console.log(JSON.stringify(out));
     for (path, w, h, size), exp, b64 in zip(payload, expected, got):
         px = np.frombuffer(base64.b64decode(b64), np.uint8).reshape(size, size, 3)
         assert np.array_equal(px, exp), f"{w}x{h} -> {size}: {int((px != exp).sum())} values differ"
+
+
+def test_build_refuses_a_model_without_a_fitted_check_or_temperature(tiny_model_folder, tmp_path):
+    """A page built without the unknown-species check would call a mushroom of any other species
+    edible: build_app.py refuses with one sentence and writes nothing."""
+    import subprocess
+    import sys
+
+    from mushroom.errors import UserError
+
+    t = tiny_model_folder
+    folder, _ = _with_open_set(t, tmp_path / "models", score="energy")
+    cfg = t["cfg"]
+    for missing in ("open_set.json", "temperature.json"):
+        kept = (folder / missing).read_bytes()
+        (folder / missing).unlink()
+        with pytest.raises(UserError, match="no fitted unknown-species check and temperature for its ptq_int8 file"):
+            build_app(cfg, folder, "ptq_int8", tmp_path / "dist")
+        assert not (tmp_path / "dist").exists()
+        (folder / missing).write_bytes(kept)
+    (folder / "open_set.json").unlink()
+    out = subprocess.run([sys.executable, "build_app.py", str(folder), "--dist", str(tmp_path / "dist"),
+                          "--set", "wandb.mode=disabled"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "run evaluate.py" in out.stderr

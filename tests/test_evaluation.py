@@ -40,9 +40,9 @@ def test_evaluate_writes_every_contract_key_per_format(evaluated):
     assert keras_e["delta_top1"] == 0.0 and int8["delta_top1"] == pytest.approx(int8["top1"] - keras_e["top1"])
     # Amanita muscaria is poisonous: the dangerous error is defined on this test split
     assert keras_e["dangerous_error"] is not None
-    # a briefly trained 3-species model is never sure enough for an "edible" verdict on a poisonous photo
-    for e in saved:
-        assert e["dangerous_verdict_edible"] == 0.0 and 0.0 <= e["edible_verdict_edible"] <= 1.0
+    # the verdict rates are those of the photos' verdicts (test_predictions_csv_recomputes_the_metrics);
+    # that no rule lets a dangerous photo through is tested where "edible" is reachable
+    # (test_safety_rules_hold_on_every_photo_with_edible_reachable)
     temps = json.loads((t["folder"] / "temperature.json").read_text())
     assert set(temps["by_format"]) == {"keras", "float32", "ptq_int8"} and temps["fitted_on"] == "val"
     for name in ("comparison.md", "comparison.csv", "tradeoff.png", "reliability_test-tiny.png",
@@ -68,10 +68,7 @@ def test_unknown_species_are_measured_on_species_never_used_to_fit(evaluated):
         fmt = record["by_format"][e["format"]]
         assert fmt["score"] == e["unknown_score"] and fmt["threshold"] == e["unknown_threshold"]
         assert e["n_unknown_val"] == 12 and e["n_unknown_test"] == 12
-        assert 0.0 <= e["unknown_auroc"] <= 1.0 and 0.0 <= e["known_coverage"] <= 1.0
-        # a flagged photo is never "edible": no poisonous unknown photo gets that verdict
-        assert e["unknown_dangerous_verdict_edible"] == 0.0
-        assert 0.0 <= e["unknown_verdict_edible"] <= e["unknown_verdict_edible_unflagged"]
+        # (the AUROC and the shares are recomputed from every photo in test_predictions_csv_recomputes_the_metrics)
         # the keras model and its float32 file measure the same thing
         if e["format"] == "float32":
             keras_e = t["entries"][0]
@@ -120,7 +117,10 @@ def test_intervals_and_paired_deltas_per_format(evaluated):
             assert ci is None or 0.0 <= ci[0] <= ci[1] <= 1.0
         assert e["top1_ci"][0] <= e["top1"] <= e["top1_ci"][1]
         assert e["delta_significant"] == (e["delta_top1_ci"][0] > 0 or e["delta_top1_ci"][1] < 0)
-        assert 0.0 <= e["flip_rate"] <= 1.0 and 0.0 <= e["mean_abs_dprob"] <= e["max_abs_dprob"] <= 1.0
+        # the largest change of any class's calibrated probability, per photo, averaged and at worst
+        cal = evaluated["extras"]["arrays"]["test-tiny"]["calibrated"]
+        dprob = np.abs(cal[e["format"]] - cal["keras"]).max(axis=1)
+        assert e["mean_abs_dprob"] == pytest.approx(dprob.mean()) and e["max_abs_dprob"] == pytest.approx(dprob.max())
         assert e["delta_ece_calibrated"] == pytest.approx(e["ece_calibrated"] - keras_e["ece_calibrated"], abs=1e-12)
     # the reference against itself: nothing changes, nothing to test
     assert keras_e["delta_top1_ci"] == [0.0, 0.0] and keras_e["delta_ece_calibrated_ci"] == [0.0, 0.0]
@@ -168,6 +168,8 @@ def test_predictions_csv_recomputes_the_metrics(evaluated):
         assert sum(flagged) / len(unknown) == pytest.approx(e["unknown_flagged"])
         kept = [r["unknown_flagged"] == "false" for r in known]
         assert sum(kept) / len(known) == pytest.approx(e["known_coverage"])
+        assert openset.auroc(np.array([float(r["unknown_score"]) for r in unknown]),
+                             np.array([float(r["unknown_score"]) for r in known])) == pytest.approx(e["unknown_auroc"])
         by[fmt] = {r["path"]: r for r in known}
     ref, int8 = by["keras"], by["ptq_int8"]
     b = sum(ref[p]["top1_correct"] == "true" and int8[p]["top1_correct"] == "false" for p in ref)
@@ -177,3 +179,73 @@ def test_predictions_csv_recomputes_the_metrics(evaluated):
     assert math.isclose(saved["ptq_int8"]["mcnemar_p"], p_value)
     flips = sum(ref[p]["predicted_species"] != int8[p]["predicted_species"] for p in ref) / len(ref)
     assert saved["ptq_int8"]["flip_rate"] == pytest.approx(flips)
+
+
+def _loose_cfg(t, _tmp_path=None):
+    import copy
+
+    cfg = copy.deepcopy(t["cfg"])
+    cfg["predict"].update({"edible_threshold": 0.34, "danger_threshold": 1.0, "not_edible_threshold": 0.34,
+                           "unknown_recall": 0.5, "edible_unknown_recall": 0.5})
+    return cfg
+
+
+def test_safety_rules_hold_on_every_photo_with_edible_reachable(tiny_model_folder, tmp_path):
+    """Every photo's verdict in predictions.csv, known and unknown species, every format: "edible"
+    is reached (so the rules are exercised), and every "edible" answer is of a species graded
+    edible with no unseen dangerous look-alike, at or above the edible threshold, from a photo not
+    flagged and below the stricter edible limit; a flagged photo is "unknown"; without the check
+    (the _unflagged keys) more unknown photos would have been "edible"."""
+    import csv
+
+    t = tiny_model_folder
+    cfg = _loose_cfg(t, tmp_path)
+    folder = tmp_path / "models" / t["folder"].name
+    shutil.copytree(t["folder"], folder)
+    entries, _ = evaluate_all(cfg, [folder], t["data_dir"], tmp_path / "reports", log=lambda s: None)
+    records = json.loads((folder / "open_set.json").read_text())["by_format"]
+    rows = list(csv.DictReader((tmp_path / "reports" / "predictions.csv").open()))
+    grades = {"Amanita muscaria": "poisonous", "Boletus edulis": "choice", "Macrolepiota procera": "choice"}
+    edible_rows = [r for r in rows if r["verdict"] == "edible"]
+    assert len(edible_rows) >= 3
+    for r in rows:
+        record = records[r["format"]]
+        if r["unknown_flagged"] == "true":
+            assert r["verdict"] == "unknown"
+        if r["verdict"] == "edible":
+            assert grades[r["predicted_species"]] == "choice"
+            # the parasol's look-alike, the panther cap, is not among the model's classes: never edible
+            assert r["predicted_species"] == "Boletus edulis"
+            assert float(r["probability"]) >= 0.34
+            assert float(r["unknown_score"]) < record["edible_threshold"] <= record["threshold"]
+    for e in entries:
+        unknown = [r for r in rows if r["format"] == e["format"] and r["known"] == "false"]
+        dangerous_edible = sum(r["verdict"] == "edible" for r in unknown) / len(unknown)   # all are Hypholoma
+        assert e["unknown_dangerous_verdict_edible"] == pytest.approx(dangerous_edible)
+        assert e["unknown_verdict_edible"] <= e["unknown_verdict_edible_unflagged"]
+    assert any(e["unknown_verdict_edible"] < e["unknown_verdict_edible_unflagged"] for e in entries)
+
+
+def test_evaluating_some_formats_keeps_the_others_thresholds_and_temperatures(evaluated):
+    """evaluate.py FOLDER --formats ptq_int8 refits ptq_int8 and merges it into open_set.json and
+    temperature.json: the other formats keep what predict.py needs."""
+    t = evaluated
+    folder = t["folder"]
+    before_os = json.loads((folder / "open_set.json").read_text())
+    before_t = json.loads((folder / "temperature.json").read_text())
+    cfg = _loose_cfg(t, None)        # other thresholds: the refitted record must change
+    evaluate_all(cfg, [folder], t["data_dir"], t["reports"].parent / "r2", formats=["ptq_int8"], log=lambda s: None)
+    after_os = json.loads((folder / "open_set.json").read_text())
+    after_t = json.loads((folder / "temperature.json").read_text())
+    assert set(after_os["by_format"]) == {"keras", "float32", "ptq_int8"}
+    for fmt in ("keras", "float32"):
+        assert after_os["by_format"][fmt] == before_os["by_format"][fmt]
+        assert after_t["by_format"][fmt] == before_t["by_format"][fmt]
+    assert after_os["by_format"]["ptq_int8"]["unknown_recall"] == 0.5 != before_os["by_format"]["ptq_int8"]["unknown_recall"]
+    assert after_os["by_format"]["ptq_int8"]["score"] == before_os["by_format"]["keras"]["score"]   # same rule
+    assert after_os["fusion"] == before_os["fusion"] and after_t["reference_format"] == "keras"
+    from mushroom.prediction import Forager
+
+    for fmt in ("float32", "ptq_int8"):
+        forager = Forager.load(cfg, str(folder / "tflite" / f"{fmt}.tflite"))
+        assert forager.missing() == [] and forager.temperature == after_t["by_format"][fmt]

@@ -52,12 +52,19 @@ def test_answers_real_photos_with_calibrated_probabilities(tiny_model_folder):
     assert raw.shape == (1, 3)
     probs = forager.probabilities(photo)
     assert probs.shape == (3,) and abs(probs.sum() - 1) < 1e-6
+    # never evaluated: no temperature, so the probabilities are softmax(logits) exactly
+    out = forager.outputs([photo])
+    z = out["logits"][0]
+    np.testing.assert_allclose(probs, np.exp(z - z.max()) / np.exp(z - z.max()).sum(), rtol=1e-12)
     answer = forager.answer(photo)
-    assert [a["species"] for a in answer.top] and len(answer.top) == 3
-    assert answer.verdict in ("edible", "not_edible", "uncertain")
-    # The model knows three species and was trained for seconds: never confident enough for "edible".
-    if answer.verdict == "edible":
-        assert answer.certainty >= cfg.predict.edible_threshold
+    order = np.argsort(-probs, kind="stable")
+    assert [a["species"] for a in answer.top] == [forager.species[i].name for i in order]
+    assert answer.certainty == probs.max()
+    # the folder has no open_set.json and no temperature.json: whatever the probabilities, no
+    # "edible", and the answer says why
+    assert forager.missing() == ["an unknown-species threshold for ptq_int8 (open_set.json)",
+                                 "a temperature for ptq_int8 (temperature.json)"]
+    assert answer.verdict != "edible" and answer.rules[-2:] == ["no_unknown_check", "not_calibrated"]
 
 
 def test_cli_json_and_bad_inputs(tiny_model_folder, tmp_path):
@@ -113,6 +120,12 @@ def test_cli_text_answer_and_folder_input(tiny_model_folder):
     assert "XNNPACK" not in out.stderr and "INFO:" not in out.stderr   # LiteRT's start-up notice is hidden
     assert out.stdout.count("never enough to eat a wild mushroom") == 12
     assert "this model knows 3 species; no unknown-species threshold is fitted" in out.stdout
+    # one line says what the folder lacks and what to run
+    notes = [line for line in out.stderr.splitlines() if line.startswith("note: ")]
+    assert notes == [f"note: {t['folder']} lacks an unknown-species threshold for ptq_int8 (open_set.json) and a "
+                     f"temperature for ptq_int8 (temperature.json), so no answer will be 'edible': run evaluate.py "
+                     f"{t['folder']}"]
+    assert "Verdict: EDIBLE" not in out.stdout
 
 
 def test_cli_without_any_model_is_one_clear_error(tmp_path):
@@ -132,13 +145,104 @@ def folder_with_threshold(tiny_model_folder, tmp_path):
     folder = tmp_path / "models" / t["folder"].name
     shutil.copytree(t["folder"], folder)
 
-    def set_threshold(score: str, threshold: float, fusion: str = "mean"):
+    def set_threshold(score: str, threshold: float, fusion: str = "mean", cfg=None):
         (folder / "open_set.json").write_text(json.dumps({
             "by_format": {"ptq_int8": {"score": score, "threshold": threshold, "unknown_recall": 0.95,
                                        "edible_threshold": threshold, "edible_recall": 0.95}},
             "fusion": fusion}))
-        return Forager.load(t["cfg"], str(folder / "tflite/ptq_int8.tflite"))
+        (folder / "temperature.json").write_text(json.dumps({"temperature": 1.5, "reference_format": "ptq_int8",
+                                                             "by_format": {"ptq_int8": 1.5}}))
+        return Forager.load(cfg or t["cfg"], str(folder / "tflite/ptq_int8.tflite"))
+    set_threshold.folder = folder
     return set_threshold
+
+
+def test_no_edible_answer_without_the_folders_check_or_temperature(tiny_model_folder, folder_with_threshold):
+    """Thresholds low enough that the tiny model says "edible" on the king bolete's photos with
+    a fitted check; the same folder without open_set.json, or without temperature.json (as an
+    older deploy recipe copied it), gives none, on every photo of every species."""
+    from mushroom.config import load_config
+
+    t = tiny_model_folder
+    loose = load_config(None, [*(f"{k}={v}" for k, v in (("image.size", 32), ("model.name", "tiny"),
+                                                          ("model.weights", "null"), ("wandb.mode", "disabled"))),
+                               "data.species_subset=[Amanita muscaria, Boletus edulis, Macrolepiota procera]",
+                               "predict.edible_threshold=0.34", "predict.danger_threshold=1.0"])
+    photos = sorted(t["photos"].rglob("*.jpg"))
+    checked = folder_with_threshold("energy", 1e9, cfg=loose)
+    with_check = [checked.answer(p).verdict for p in photos]
+    assert with_check.count("edible") >= 3       # the rules below would have something to take away
+    folder = folder_with_threshold.folder
+    (folder / "open_set.json").unlink()
+    no_check = Forager.load(loose, str(folder / "tflite/ptq_int8.tflite"))
+    answers = [no_check.answer(p) for p in photos]
+    assert [a.verdict for a in answers].count("edible") == 0
+    assert all("no_unknown_check" in a.rules for a in answers)
+    folder_with_threshold("energy", 1e9, cfg=loose)
+    (folder / "temperature.json").unlink()
+    uncalibrated = Forager.load(loose, str(folder / "tflite/ptq_int8.tflite"))
+    assert [uncalibrated.answer(p).verdict for p in photos].count("edible") == 0
+    # the folder's other format, never evaluated, has neither
+    (folder / "temperature.json").write_text(json.dumps({"temperature": 1.5, "by_format": {"ptq_int8": 1.5}}))
+    other = Forager.load(loose, str(folder / "tflite/float32.tflite"))
+    assert other.temperature is None and other.open_set is None and len(other.missing()) == 2
+
+
+def test_a_re_graded_species_changes_the_answer_of_an_existing_model(tiny_model_folder, folder_with_threshold,
+                                                                     tmp_path):
+    """Grades come from the current table, not from the snapshot in meta.json: the same folder and
+    photo, with the king bolete re-graded poisonous in the config, is never "edible"."""
+    from mushroom.config import load_config
+
+    t = tiny_model_folder
+    base = ["image.size=32", "model.name=tiny", "model.weights=null", "wandb.mode=disabled",
+            "data.species_subset=[Amanita muscaria, Boletus edulis, Macrolepiota procera]",
+            "predict.edible_threshold=0.34", "predict.danger_threshold=1.0", "predict.not_edible_threshold=0.34"]
+    loose = load_config(None, base)
+    checked = folder_with_threshold("energy", 1e9, cfg=loose)
+    photos = sorted(t["photos"].rglob("*.jpg"))
+    edible = [p for p in photos if checked.answer(p).verdict == "edible"]
+    assert edible and all(checked.answer(p).top[0]["species"] == "Boletus edulis" for p in edible)
+    # the user re-grades it in their config (species lists are replaced whole by a config that extends)
+    import yaml
+
+    species = [dict(s) for s in loose.species]
+    next(s for s in species if s["name"] == "Boletus edulis")["edibility"] = "poisonous"
+    (tmp_path / "regraded.yaml").write_text(yaml.safe_dump({"extends": str(PROJECT_ROOT / "config.yaml"),
+                                                            "species": species}))
+    regraded = load_config(tmp_path / "regraded.yaml", base)
+    forager = Forager.load(regraded, str(folder_with_threshold.folder / "tflite/ptq_int8.tflite"))
+    meta = json.loads((folder_with_threshold.folder / "meta.json").read_text())
+    assert next(s for s in meta["species"] if s["name"] == "Boletus edulis")["edibility"] == "choice"  # snapshot
+    for p in edible:
+        a = forager.answer(p)
+        assert a.verdict == "not_edible" and a.top[0]["edibility"] == "poisonous"
+
+
+def test_non_finite_model_outputs_are_an_error_for_the_photo(tiny_model_folder, folder_with_threshold):
+    """A model file that gives NaN or infinity (a broken conversion) gets a one-line error for that
+    photo, never a verdict: NaN compared with any threshold is False, i.e. 'passed'."""
+    forager = folder_with_threshold("energy", 1e9)
+    photo = sorted((tiny_model_folder["photos"] / "Boletus_edulis").glob("*.jpg"))[0]
+    real = forager.model
+
+    class Broken:     # the runtime of a broken file: the real outputs with one value replaced
+        def __init__(self, role, value):
+            self.role, self.value = role, value
+
+        def run(self, images):
+            out = real.run(images)
+            out[self.role] = np.array(out[self.role], np.float32)
+            out[self.role].flat[0] = self.value
+            return out
+
+    for role in ("logits", "probs", "embedding"):
+        for value in (np.nan, np.inf):
+            forager.model = Broken(role, value)
+            with pytest.raises(UserError, match=f"non-finite {role}"):
+                forager.answer(photo)
+    forager.model = real
+    assert forager.answer(photo).verdict in ("edible", "uncertain", "not_edible")
 
 
 def test_a_photo_flagged_by_the_model_folders_threshold_is_unknown(tiny_model_folder, folder_with_threshold):

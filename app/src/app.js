@@ -2,7 +2,7 @@
 // predict.py's decision (decision.js) on predict.py's pixels (preprocess.js), offline after the
 // first visit (sw.js). window.mushroomApp exposes the state for the browser tests and the benchmark.
 import {loadLiteRt, loadAndCompile, supportsFeature, Tensor} from './litert.js';
-import {answerFind, dequantize, quantizeInput, VERDICT_TEXT} from './decision.js';
+import {answerFind, checkOutputs, dequantize, quantizeInput, validateBundle, VERDICT_TEXT} from './decision.js';
 import {resizeWithPad} from './preprocess.js';
 
 const $ = (id) => document.getElementById(id);
@@ -34,7 +34,8 @@ async function fetchOk(url) {
 
 async function load() {
   const t0 = performance.now();
-  app.bundle = await (await fetchOk('model.json')).json();
+  // the same bundles predict.py's rules would refuse (no fitted check or temperature): no answers at all
+  app.bundle = validateBundle(await (await fetchOk('model.json')).json());
   app.simd = await supportsFeature('relaxedSimd');
   await loadLiteRt('./wasm/');
   app.model = await loadAndCompile('model.tflite', {accelerator: 'wasm'});
@@ -93,7 +94,12 @@ async function analyse(file) {
   const t0 = performance.now();
   const img = await decode(file);
   const pixels = resizeWithPad(img.data, img.width, img.height, app.bundle.model.image_size);
-  const outputs = await run(pixels);
+  let outputs;
+  try {
+    outputs = checkOutputs(await run(pixels));
+  } catch (err) {
+    throw new Error(`“${file.name}”: ${err.message || err}.`);
+  }
   app.timings.photos_ms.push(performance.now() - t0);
   return {name: file.name, url: URL.createObjectURL(file), pixels, outputs};
 }

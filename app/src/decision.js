@@ -81,6 +81,25 @@ export function dequantize(q, scale, zeroPoint) {
 }
 
 // --- probabilities and unknown-species scores (mushroom/openset.py) -------------------------------------
+const EPS = 1e-12;   // openset.EPS
+
+// prediction.Forager.outputs: a photo whose outputs hold a NaN or an infinity gets an error, never a verdict.
+export function checkOutputs(outputs) {
+  for (const [role, values] of Object.entries(outputs)) {
+    for (const v of values) {
+      if (!Number.isFinite(v)) throw new Error(`the model gave non-finite ${role} (NaN or infinity) for this photo, so there is no answer`);
+    }
+  }
+  return outputs;
+}
+
+// openset._logits: the logits, or log-probabilities (logits up to a constant) for files without them.
+export function logitsOf(outputs) {
+  if (outputs.logits) return outputs.logits;
+  if (!outputs.probs) throw new Error('the model gave neither logits nor probabilities');
+  return Array.from(outputs.probs, (v) => Math.log(Math.min(Math.max(v, EPS), 1.0)));
+}
+
 function logSumExp(z) {
   let m = -Infinity;
   for (const v of z) if (v > m) m = v;
@@ -131,7 +150,10 @@ export function mahalanobis(embedding, stats) {
 
 export function unknownScore(name, outputs, temperature, stats) {
   const t = temperature || 1.0;
-  const z = outputs.logits;
+  if ((name === 'energy' || name === 'max_logit') && !outputs.logits) {
+    throw new Error(`the ${name} score needs the model's logits output`);   // openset.available_scores
+  }
+  const z = logitsOf(outputs);
   if (name === 'msp') return 1.0 - Math.exp(Math.max(...logProbs(z, t)));
   if (name === 'energy') return -t * logSumExp(Array.from(z, (v) => v / t));
   if (name === 'max_logit') return -Math.max(...z);
@@ -145,16 +167,55 @@ export function unknownScore(name, outputs, temperature, stats) {
 // openset.fuse: the mean of the photos' logits (times n for "sum").
 export function fuse(outputsList, how) {
   const n = outputsList.length;
-  const C = outputsList[0].logits.length;
+  const all = outputsList.map(logitsOf);
+  const C = all[0].length;
   const z = new Float64Array(C);
-  for (const o of outputsList) for (let i = 0; i < C; i++) z[i] += o.logits[i];
+  for (const l of all) for (let i = 0; i < C; i++) z[i] += l[i];
   for (let i = 0; i < C; i++) z[i] = (z[i] / n) * (how === 'sum' ? n : 1);
   return z;
 }
 
+// app.bundle_problems: why the page must refuse this model.json (empty: it may answer). The
+// same bundles are refused here and in Python (tests/test_app.py runs both on the same cases).
+const finite = (x) => typeof x === 'number' && Number.isFinite(x);
+export function bundleProblems(b) {
+  const problems = [];
+  const t = b.temperature;
+  if (!(finite(t) && t > 0)) problems.push('no fitted temperature');
+  const os = b.open_set;
+  if (os === null || typeof os !== 'object' || Array.isArray(os)) {
+    problems.push('no fitted unknown-species check');
+  } else {
+    for (const key of ['threshold', 'edible_threshold']) {
+      if (!finite(os[key])) problems.push(`the unknown-species ${key.replace('_', ' ')} is not a finite number`);
+    }
+    if (finite(os.threshold) && finite(os.edible_threshold) && os.edible_threshold > os.threshold) {
+      problems.push('the edible threshold is looser than the unknown-species threshold');
+    }
+    if (!['msp', 'energy', 'max_logit', 'mahalanobis'].includes(os.score)) {
+      problems.push(`unknown unknown-species score ${os.score === undefined ? 'None' : `'${os.score}'`}`);
+    }
+  }
+  const cfg = b.predict || {};
+  for (const key of ['edible_threshold', 'danger_threshold', 'not_edible_threshold']) {
+    if (!(finite(cfg[key]) && cfg[key] >= 0 && cfg[key] <= 1)) problems.push(`predict.${key} is not a probability`);
+  }
+  if (!(Number.isInteger(cfg.top_k) && cfg.top_k >= 1)) problems.push('predict.top_k is not a positive integer');
+  if (!b.classes || !b.classes.length) problems.push('no classes');
+  return problems;
+}
+
+export function validateBundle(b) {
+  const problems = bundleProblems(b);
+  if (problems.length) throw new Error(`this page's model.json has ${problems.join('; ')}: rebuild it with build_app.py after evaluate.py`);
+  return b;
+}
+
 // The answer for one find (one or several photos of one mushroom), as Forager._answer gives it.
 export function answerFind(bundle, outputsList, stats, image = null) {
-  const logits = outputsList.length > 1 ? fuse(outputsList, bundle.fusion) : outputsList[0].logits;
+  validateBundle(bundle);
+  outputsList.forEach(checkOutputs);
+  const logits = outputsList.length > 1 ? fuse(outputsList, bundle.fusion) : logitsOf(outputsList[0]);
   const probs = probabilities(logits, bundle.temperature);
   let unknown = null;
   const os = bundle.open_set;
@@ -181,8 +242,23 @@ export function advise(probsIn, bundle, unknown = null, image = null) {
   const dangerous = new Set(bundle.grades.dangerous);
   const meaning = bundle.grades.meaning;
   const UNKNOWN_EDIBILITY = bundle.text.unknown_edibility;
-  if (probsIn.length !== classes.length) throw new Error(`expected ${classes.length} class probabilities`);
+  // advice._check_probs and UnknownCheck.__post_init__: never a verdict from a NaN
+  if (probsIn.length !== classes.length) throw new Error(`expected ${classes.length} class probabilities (one per species), got shape (${probsIn.length},)`);
   let p = Array.from(probsIn);
+  if (!p.every((v) => Number.isFinite(v) && v >= 0) || !(p.reduce((a, b) => a + b, 0) > 0)) {
+    throw new Error('probabilities must be finite, non-negative and not all zero');
+  }
+  if (unknown !== null) {
+    for (const key of ['score', 'threshold', 'edible_threshold', 'worst_photo_score']) {
+      const v = unknown[key];
+      if ((v === null || v === undefined) && (key === 'edible_threshold' || key === 'worst_photo_score')) continue;
+      if (!finite(v)) throw new Error(`the unknown-species ${key.replace(/_/g, ' ')} is ${v}, not a finite number: the model's outputs for this photo (or its fitted check) are broken`);
+    }
+  }
+  const temperature = bundle.temperature ?? null;
+  if (temperature !== null && !(finite(temperature) && temperature > 0)) {
+    throw new Error(`the temperature is ${temperature}, not a positive finite number: rerun evaluate.py`);
+  }
   const total = p.reduce((a, b) => a + b, 0);
   if (Math.abs(total - 1.0) > PRECISION) p = p.map((v) => v / total);
   const topK = cfg.top_k;
@@ -212,6 +288,15 @@ export function advise(probsIn, bundle, unknown = null, image = null) {
   const bestRisky = lookAlikes.filter((la) => la.of_species === best.name && risky(la));
   const blockers = order.slice(1).filter((i) => isDangerous(classes[i]) && p[i] > dangerT).map((i) => [classes[i], p[i]]);
   const unseen = lookAlikes.filter((la) => la.of_species === best.name && unseenDanger(la));
+  // advice.always_blocks, precomputed per look-alike in model.json (blocks): over the top-1 and every
+  // class above danger_threshold; those already named by unknown_look_alike are not named twice.
+  const key = (la) => `${la.name}\u0000${la.of_species}\u0000${la.note}\u0000${la.edibility}\u0000${la.in_model}`;
+  const unseenKeys = new Set(unseen.map(key));
+  const deadly = [];
+  order.forEach((i, rank) => {
+    if (rank > 0 && !(p[i] > dangerT)) return;
+    for (const la of classes[i].look_alikes) if (la.blocks && !unseenKeys.has(key(la))) deadly.push(la);
+  });
 
   const lookAlikeSentence = (la, of) => {
     const name = la.name + (la.note ? ` (${la.note})` : '');
@@ -231,14 +316,15 @@ export function advise(probsIn, bundle, unknown = null, image = null) {
   // advice.UnknownCheck.too_close_for_edible
   const edibleScore = unknown === null ? null
     : unknown.worst_photo_score == null ? unknown.score : Math.max(unknown.score, unknown.worst_photo_score);
-  const margin = unknown !== null && unknown.edible_threshold != null && edibleScore >= unknown.edible_threshold;
+  const margin = unknown !== null && (unknown.edible_threshold == null || edibleScore >= unknown.edible_threshold);
+  const unfitted = unknown === null || temperature === null;
   if (flagged) {
     verdict = 'unknown';
     rules.push('unknown_species');
     const share = unknown.recall ? `, which flags ${threshold(unknown.recall)} of photos of species it never learnt` : '';
     reasons.push(`This photo does not look like any of the ${classes.length} species this model knows: its unknown-species score is ${formatG(unknown.score, 3)}, at or above the threshold ${formatG(unknown.threshold, 3)}${share}. It may be a species the model cannot name; the list shows only what it resembles most.`);
     reasons.push('Do not eat this mushroom: the model does not know it.');
-  } else if (isEdible(best) && p1 >= edibleT && !blockers.length && !unseen.length && !margin) {
+  } else if (isEdible(best) && p1 >= edibleT && !(blockers.length || unseen.length || deadly.length || margin || unfitted)) {
     verdict = 'edible';
     rules.push('confident_edible');
     reasons.push(`The most likely species is ${label(best)} with a calibrated probability of ${pct(p1, edibleT)}, at or above the ${threshold(edibleT)} needed before a mushroom may be called edible.`);
@@ -255,40 +341,60 @@ export function advise(probsIn, bundle, unknown = null, image = null) {
     reasons.push(`Do not eat this mushroom: the model recognises a species that is ${best.edibility}.`);
   } else {
     verdict = 'uncertain';
+    const head = `The most likely species, ${label(best)}, graded ${best.edibility}, has a calibrated probability of`;
     if (isEdible(best) && p1 < edibleT) {
       rules.push('low_certainty');
-      reasons.push(`The most likely species, ${label(best)}, graded ${best.edibility}, has a calibrated probability of only ${pct(p1, edibleT)}, below the ${threshold(edibleT)} needed before a mushroom may be called edible.`);
+      reasons.push(`${head} only ${pct(p1, edibleT)}, below the ${threshold(edibleT)} needed before a mushroom may be called edible.`);
     } else if (isEdible(best) && blockers.length) {
-      reasons.push(`The most likely species, ${label(best)}, graded ${best.edibility}, has a calibrated probability of ${pct(p1, edibleT)}, but a poisonous or deadly species holds too much probability to rule it out.`);
+      reasons.push(`${head} ${pct(p1, edibleT)}, but a poisonous or deadly species holds too much probability to rule it out.`);
     } else if (isEdible(best) && unseen.length) {
-      reasons.push(`The most likely species, ${label(best)}, graded ${best.edibility}, has a calibrated probability of ${pct(p1, edibleT)}, but it has a dangerous look-alike that this model was never trained on.`);
+      reasons.push(`${head} ${pct(p1, edibleT)}, but it has a dangerous look-alike that this model was never trained on.`);
+    } else if (isEdible(best) && deadly.length) {
+      reasons.push(`${head} ${pct(p1, edibleT)}, but a look-alike that a photo cannot rule out is deadly, or poisonous in a form photos do not show.`);
+    } else if (isEdible(best) && unfitted) {
+      reasons.push(`${head} ${pct(p1, edibleT)}, but this model file was never checked against photos of species it does not know, so it never calls a mushroom edible.`);
     } else if (isEdible(best)) {
-      reasons.push(`The most likely species, ${label(best)}, graded ${best.edibility}, has a calibrated probability of ${pct(p1, edibleT)}, but the photo is not typical enough of the species this model knows to call it edible.`);
+      reasons.push(`${head} ${pct(p1, edibleT)}, but the photo is not typical enough of the species this model knows to call it edible.`);
     } else {
       rules.push('low_certainty');
-      reasons.push(`The most likely species, ${label(best)}, graded ${best.edibility}, has a calibrated probability of only ${pct(p1, notEdibleT)}, below the ${threshold(notEdibleT)} needed to name it with confidence.`);
+      reasons.push(`${head} only ${pct(p1, notEdibleT)}, below the ${threshold(notEdibleT)} needed to name it with confidence.`);
     }
     if (blockers.length) rules.push('dangerous_probability');
     for (const [s, q] of blockers) {
       reasons.push(`${label(s)}, graded ${s.edibility}, holds ${pct(q, dangerT)} probability, above the ${threshold(dangerT)} that rules out calling this mushroom edible.`);
     }
+    const what = (la) => (la.in_table ? `graded ${la.edibility}` : 'not in the species table') + (la.note ? ` (${la.note})` : '');
     if (isEdible(best) && unseen.length) {
       rules.push('unknown_look_alike');
       for (const la of unseen) {
-        const what = (la.in_table ? `graded ${la.edibility}` : 'not in the species table') + (la.note ? ` (${la.note})` : '');
-        reasons.push(`${best.name} has a look-alike, ${la.name}, ${what}, that this model was never trained on: it cannot tell the two apart from a photo, so it never calls ${best.name} edible.`);
+        reasons.push(`${best.name} has a look-alike, ${la.name}, ${what(la)}, that this model was never trained on: it cannot tell the two apart from a photo, so it never calls ${best.name} edible.`);
+      }
+    }
+    if (isEdible(best) && deadly.length) {
+      rules.push('deadly_look_alike');
+      for (const la of deadly) {
+        reasons.push(`${la.of_species} has a look-alike, ${la.name}, ${what(la)}, that a photo cannot tell apart from it: a deadly look-alike, or a poisonous one in a stage or form such as an egg, always rules out calling this mushroom edible.`);
       }
     }
     if (isEdible(best) && p1 >= edibleT && margin) {
       rules.push('unknown_margin');
-      const share = unknown.edible_recall ? `; ${threshold(unknown.edible_recall)} of photos of species it never learnt score at or above it` : '';
-      const what = edibleScore === unknown.score ? 'Its unknown-species score is' : 'One of its photos has an unknown-species score of';
-      reasons.push(`${what} ${formatG(edibleScore, 3)}: not flagged as unknown, but at or above ${formatG(unknown.edible_threshold, 3)}, the stricter limit a photo must stay below to be called edible${share}.`);
+      if (unknown.edible_threshold == null) {
+        reasons.push("Its unknown-species check has no stricter limit for 'edible' (it was fitted by an older evaluate.py): rerun evaluate.py on the model folder.");
+      } else {
+        const share = unknown.edible_recall ? `; ${threshold(unknown.edible_recall)} of photos of species it never learnt score at or above it` : '';
+        const whatScore = edibleScore === unknown.score ? 'Its unknown-species score is' : 'One of its photos has an unknown-species score of';
+        reasons.push(`${whatScore} ${formatG(edibleScore, 3)}: not flagged as unknown, but at or above ${formatG(unknown.edible_threshold, 3)}, the stricter limit a photo must stay below to be called edible${share}.`);
+      }
     }
     reasons.push('Do not eat this mushroom: the model is not certain enough to call it edible.');
   }
   if (unknown === null) {
-    reasons.push('No unknown-species threshold was fitted for this model (run evaluate.py): it cannot tell when a photo shows a species it does not know.');
+    rules.push('no_unknown_check');
+    reasons.push('No unknown-species check is fitted for this model file: it cannot tell when a photo shows a species it does not know, so it never calls a mushroom edible. Run evaluate.py on the model folder to fit one.');
+  }
+  if (temperature === null) {
+    rules.push('not_calibrated');
+    reasons.push('No temperature is fitted for this model file, so its probabilities are not calibrated and it never calls a mushroom edible. Run evaluate.py on the model folder to fit one.');
   }
   reasons.push(bundle.text.reminder);
   const level = p1 >= edibleT ? 'high' : p1 >= notEdibleT ? 'medium' : 'low';
