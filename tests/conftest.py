@@ -13,8 +13,28 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from mushroom.config import PROJECT_ROOT, load_config  # noqa: E402
 
-SHARED_PHOTOS = PROJECT_ROOT.parent / "shared" / "data" / "fungi128"
-INAT_SAMPLES = PROJECT_ROOT.parent / "shared" / "data" / "inat-api-samples"
+SHARED = PROJECT_ROOT.parent / "shared"
+SHARED_PHOTOS = SHARED / "data" / "fungi128"
+INAT_SAMPLES = SHARED / "data" / "inat-api-samples"
+
+
+def in_ci() -> bool:
+    """CI=true (any case), as .ci/run's environment sets it: missing test inputs fail there."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def need_shared(path: os.PathLike, what: str) -> Path:
+    """`path` (a file or folder under ../shared) when it is there; otherwise skip the calling test,
+    or fail it when CI=true, where a missing ../shared must not pass as a green run. An empty folder
+    counts as missing. Call it inside a test, or in an autouse fixture for a whole module."""
+    path = Path(path)
+    if path.is_file() or (path.is_dir() and any(path.iterdir())):
+        return path
+    message = f"{path} ({what}) is missing"
+    if in_ci():
+        pytest.fail(f"{message}: CI=true needs ../shared next to the repository (see ../shared/README.md)",
+                    pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture

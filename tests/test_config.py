@@ -3,14 +3,15 @@ import yaml
 
 from mushroom.config import DEFAULT_CONFIG, PROJECT_ROOT, load_config, save_resolved
 from mushroom.errors import ConfigError
+from tests.conftest import SHARED, need_shared
 
 
-@pytest.mark.skipif(not (PROJECT_ROOT.parent / "shared/data/species.csv").is_file(), reason="../shared absent")
 def test_main_config_lists_51_species_from_shared_table():
     import csv
 
+    species_csv = need_shared(SHARED / "data" / "species.csv", "the table of the 51 species")
     cfg = load_config()
-    table = list(csv.DictReader((PROJECT_ROOT.parent / "shared/data/species.csv").open()))
+    table = list(csv.DictReader(species_csv.open()))
     assert len(cfg.species) == 51
     by_name = {s.name: s for s in cfg.species}
     for row in table:

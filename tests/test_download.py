@@ -17,9 +17,17 @@ from mushroom.errors import ConfigError, NetworkError
 from mushroom.images import describe_bytes
 from mushroom.download import STATE_NAME, download_dataset
 from mushroom.manifest import COLUMNS, manifest_path, read_manifest
+from tests.conftest import need_shared
 from tests.fake_inat import SAMPLES, FakeINat
 
-pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"{SAMPLES} (recorded API responses) is absent")
+
+@pytest.fixture(autouse=True)
+def recorded_api_responses():
+    """Every test here serves the recorded API responses of ../shared: skipped without them,
+    failed under CI=true."""
+    return need_shared(SAMPLES, "recorded iNaturalist API responses")
+
+
 AM, BE = 48715, 48701  # Amanita muscaria, Boletus edulis in config.yaml
 
 # Amanita muscaria: obs 101 has three photos (cap 2 per observation), 102 mixes licenses

@@ -10,7 +10,7 @@ from mushroom.config import PROJECT_ROOT, load_config
 from mushroom.errors import UserError
 from mushroom.importer import import_folder
 from mushroom.manifest import COLUMNS, read_manifest
-from tests.conftest import SHARED_PHOTOS
+from tests.conftest import SHARED_PHOTOS, need_shared
 
 
 def _splits_per_group(rows):
@@ -114,8 +114,8 @@ def test_png_with_alpha_is_stored_as_jpeg(cfg, photo_folder, tmp_path):
     assert (tmp_path / "data" / row["path"]).read_bytes()[:3] == b"\xff\xd8\xff"
 
 
-@pytest.mark.skipif(not SHARED_PHOTOS.is_dir(), reason="../shared/data/fungi128 not present")
 def test_shared_photos_import_keeps_date_groups_together(cfg, tmp_path):
+    need_shared(SHARED_PHOTOS, "the fungi128 photos")
     data = tmp_path / "data"
     report = import_folder(cfg, SHARED_PHOTOS, "date", data)
     rows = read_manifest(data / "manifest.csv")
@@ -192,10 +192,10 @@ def test_evaluation_species_folder_and_species_left_out(photo_folder, tmp_path):
     assert report.left_out_species == ["Hypholoma fasciculare"] and not report.unmatched_folders
 
 
-@pytest.mark.skipif(not SHARED_PHOTOS.is_dir(), reason="../shared/data/fungi128 not present")
 def test_demo_import_learns_six_species_and_keeps_the_rest_as_unknowns(tmp_path):
     """make demo's data: the six species of configs/demo.yaml split as when imported alone, plus the
     30 other species of the folder, at most open_set.max_photos_per_species (40) photos each."""
+    need_shared(SHARED_PHOTOS, "the fungi128 photos")
     demo = PROJECT_ROOT / "configs" / "demo.yaml"
     report = import_folder(load_config(demo), SHARED_PHOTOS, "date", tmp_path / "data")
     alone = import_folder(load_config(demo, ["open_set.unknown_species=[]"]), SHARED_PHOTOS, "date", tmp_path / "alone")

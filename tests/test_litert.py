@@ -62,7 +62,8 @@ def test_missing_empty_and_corrupt_files_are_user_errors(tmp_path):
 @pytest.fixture(scope="module")
 def known_output_files(tmp_path_factory):
     """A model whose probabilities are known exactly whatever the input (zero kernel, bias = log p),
-    converted to float32 and PTQ int8, plus the Keras model."""
+    converted to PTQ int8: for the output dequantization only. Everything about the input is checked
+    on input_sensitive_files below, where a zero kernel would hide any input bug."""
     from mushroom.keras_env import keras
     from mushroom.quantization import convert
 
@@ -73,19 +74,15 @@ def known_output_files(tmp_path_factory):
     outputs = keras.layers.Dense(4, activation="softmax", kernel_initializer="zeros",
                                  bias_initializer=keras.initializers.Constant(np.log(probs)))(x)
     model = keras.Model(inputs, outputs)
-    rng = np.random.default_rng(0)
-    reps = rng.integers(0, 256, (8, 8, 8, 3)).astype(np.uint8)
-    root = tmp_path_factory.mktemp("known")
-    files = {}
-    for fmt in ("float32", "ptq_int8"):
-        files[fmt] = root / f"{fmt}.tflite"
-        files[fmt].write_bytes(convert(model, fmt, reps))
-    return probs, files, model
+    reps = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3)).astype(np.uint8)
+    path = tmp_path_factory.mktemp("known") / "ptq_int8.tflite"
+    path.write_bytes(convert(model, "ptq_int8", reps))
+    return probs, path
 
 
 def test_int8_output_dequantization_is_exact_on_a_known_model(known_output_files):
-    probs, files, _ = known_output_files
-    lite = TFLiteModel(files["ptq_int8"])
+    probs, path = known_output_files
+    lite = TFLiteModel(path)
     assert lite.output_dtype == np.uint8 and lite.output_quantization == (1 / 256, 0)
     images = np.random.default_rng(1).integers(0, 256, (5, 8, 8, 3)).astype(np.uint8)
     out = lite.predict(images)
@@ -94,13 +91,96 @@ def test_int8_output_dequantization_is_exact_on_a_known_model(known_output_files
     assert out.sum(1) == pytest.approx(np.ones(5))
 
 
-def test_float_file_predicts_like_keras_and_accepts_uint8_or_float(known_output_files):
-    probs, files, model = known_output_files
+@pytest.fixture(scope="module")
+def input_sensitive_files(tmp_path_factory):
+    """A model whose every output depends on every pixel, at its place and in its channel (a seeded
+    random dense layer over the flattened 8x8 image), with its files: float32; "ptq_int8" calibrated
+    on pixels over [0, 255] (input scale 1, as every exported model); "ptq_int8_half" calibrated on
+    [0, 127] (input scale 127/255, so the runtime must quantize with the file's own scale); and the
+    calibration images, whose activations lie inside the int8 ranges by construction."""
+    from mushroom.keras_env import keras
+    from mushroom.quantization import convert
+
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((8, 8, 3))
+    dense = keras.layers.Dense(4, activation="softmax")
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))))
+    dense.set_weights([rng.normal(0, 0.3, (8 * 8 * 3, 4)).astype(np.float32), rng.normal(0, 0.5, 4).astype(np.float32)])
+    reps = rng.integers(0, 256, (8, 8, 8, 3)).astype(np.uint8)
+    reps[:, 0, 0], reps[:, 0, 1] = (0, 255, 0), (255, 0, 255)   # calibrated over exactly [0, 255]: input scale 1
+    root = tmp_path_factory.mktemp("sensitive")
+    files = {}
+    for name, fmt, calibration in (("float32", "float32", None), ("ptq_int8", "ptq_int8", reps),
+                                   ("ptq_int8_half", "ptq_int8", reps // 2)):
+        files[name] = root / f"{name}.tflite"
+        files[name].write_bytes(convert(model, fmt, calibration))
+    return model, files, reps
+
+
+def keras_probs(model, images) -> np.ndarray:
+    return model.predict(np.asarray(images, np.float32), verbose=0)
+
+
+def assert_model_tells_apart(model, images, *variants):
+    """The Keras model's probabilities for `images` differ by > 0.1 from those of each variant (the
+    input transposed, in BGR, wrongly scaled ...): a file fed such a variant cannot pass a
+    comparison with keras_probs(model, images) at a tolerance under 0.1."""
+    reference = keras_probs(model, images)
+    for variant in variants:
+        assert np.abs(keras_probs(model, variant) - reference).max() > 0.1
+
+
+def test_float_file_predicts_like_keras_and_accepts_uint8_or_float(input_sensitive_files):
+    model, files, _ = input_sensitive_files
     lite = TFLiteModel(files["float32"], num_threads=1)
     assert lite.input_size == 8 and lite.input_dtype == np.float32 and lite.size_bytes > 0
-    images = np.random.default_rng(2).integers(0, 256, (3, 8, 8, 3)).astype(np.uint8)
-    np.testing.assert_allclose(lite.predict(images), model.predict(images.astype(np.float32), verbose=0), atol=1e-6)
-    np.testing.assert_array_equal(lite.predict(images), lite.predict(images.astype(np.float32)))
-    assert lite.predict(images[0]).shape == (1, 4)
+    images = np.random.default_rng(2).integers(0, 256, (6, 8, 8, 3)).astype(np.uint8)
+    assert_model_tells_apart(model, images, images.transpose(0, 2, 1, 3), images[..., ::-1], images / 255.0,
+                             images[::-1], np.zeros_like(images))
+    probs = lite.predict(images)
+    np.testing.assert_allclose(probs, keras_probs(model, images), atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(probs, lite.predict(images.astype(np.float32)))
+    # A float file takes the pixels as they are, not rounded to integers.
+    shifted = images + 0.4
+    assert np.abs(keras_probs(model, shifted) - probs).max() > 1e-4
+    np.testing.assert_allclose(lite.predict(shifted), keras_probs(model, shifted), atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(lite.predict(images[3]), probs[3:4])
     with pytest.raises(UserError, match="shape"):
         lite.predict(np.zeros((1, 16, 16, 3), np.uint8))
+
+
+def test_int8_file_rounds_and_clips_float_pixels_and_predicts_like_keras(input_sensitive_files):
+    model, files, reps = input_sensitive_files
+    lite = TFLiteModel(files["ptq_int8"], num_threads=1)
+    assert lite.input_dtype == np.uint8 and lite.input_quantization == (1.0, 0)
+    images = reps[:6]
+    assert_model_tells_apart(model, images, images.transpose(0, 2, 1, 3), images[..., ::-1], images / 255.0)
+    probs = lite.predict(images)
+    # Within the int8 error (measured 0.008) of the float model; the variants above are 0.1+ away.
+    np.testing.assert_allclose(probs, keras_probs(model, images), atol=0.03, rtol=0)
+    np.testing.assert_array_equal(probs, lite.predict(images.astype(np.float32)))
+    # Float pixels are rounded, not truncated: +0.4 is the same image, +0.6 the next integer up.
+    np.testing.assert_array_equal(lite.predict(images + 0.4), probs)
+    up = lite.predict(images + 0.6)
+    np.testing.assert_array_equal(up, lite.predict(np.minimum(images.astype(np.int64) + 1, 255)))
+    assert not np.array_equal(up, probs)
+    # ... and clipped to [0, 255], not wrapped around.
+    extreme = images.astype(np.float64)
+    extreme[:, :4] = 300.0
+    extreme[:, 4:] = -20.0
+    clipped = np.where(extreme > 0, 255, 0).astype(np.uint8)
+    np.testing.assert_array_equal(lite.predict(extreme), lite.predict(clipped))
+    assert_model_tells_apart(model, clipped, extreme.astype(np.int64).astype(np.uint8))
+
+
+def test_int8_file_quantizes_the_input_with_its_own_scale(input_sensitive_files):
+    model, files, reps = input_sensitive_files
+    lite = TFLiteModel(files["ptq_int8_half"], num_threads=1)
+    scale, zero_point = lite.input_quantization
+    assert scale == pytest.approx(127 / 255) and zero_point == 0
+    images = reps[2:8] // 2
+    # Quantized without the scale (q = x), the file would see x * scale: far from the model's answer.
+    assert_model_tells_apart(model, images, images * scale)
+    probs = lite.predict(images)
+    np.testing.assert_allclose(probs, keras_probs(model, images), atol=0.03, rtol=0)
+    np.testing.assert_array_equal(probs, lite.predict(images.astype(np.float32)))

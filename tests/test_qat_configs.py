@@ -9,6 +9,7 @@ from mushroom.config import PROJECT_ROOT
 from mushroom.images import load_image
 from mushroom.keras_env import keras
 from mushroom.models import SPLIT_ACTIVATIONS, build_model, model_names, rebuild_for_int8
+from tests.conftest import need_shared
 
 # quantize_apply is run on tiny, b0 and resnet50 here; on V2-S/M it takes tens of seconds each
 # (see the report), so for those the layer-type coverage check below stands in for it.
@@ -153,11 +154,11 @@ def test_depthwise_kernels_get_one_range_per_channel():
 CHECKPOINT = PROJECT_ROOT.parent / "shared" / "weights" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
 
 
-@pytest.mark.skipif(not CHECKPOINT.is_file(), reason="../shared/weights is not on this machine")
 def test_calibrated_ranges_make_the_qat_model_compute_what_the_float_model_does():
     """Fresh tfmot ranges are [-6, 6] and a short fine-tune barely moves them; calibrated from the
     float model's activations, the QAT model's outputs match the float model's (real ImageNet
     weights: random ones give near-zero activations that say nothing)."""
+    need_shared(CHECKPOINT, "the int8 MobileNetV2 ImageNet checkpoint")
     model = build_model("mobilenet_v2", 3, 64, weights=str(CHECKPOINT))
     rng = np.random.default_rng(2)
     photos = sorted((PROJECT_ROOT.parent / "shared" / "data" / "fungi128").rglob("*.jpg"))[::40][:32]

@@ -11,11 +11,11 @@ from mushroom.errors import UserError
 from mushroom.images import load_image
 from mushroom.keras_env import keras
 from mushroom.tflite_weights import checkpoint_classifier, load_checkpoint, read_checkpoint
+from tests.conftest import need_shared
 
 CHECKPOINT = PROJECT_ROOT.parent / "shared" / "weights" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
 PHOTOS = PROJECT_ROOT.parent / "shared" / "data" / "fungi128"
-
-needs_checkpoint = pytest.mark.skipif(not CHECKPOINT.is_file(), reason="../shared/weights is not on this machine")
+NEEDS = "the int8 MobileNetV2 ImageNet checkpoint"   # need_shared: skipped without it, failed under CI=true
 
 
 def _checkpoint_logits(images: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
@@ -38,11 +38,10 @@ def _checkpoint_logits(images: np.ndarray) -> tuple[np.ndarray, float, np.ndarra
     return np.array(out), scale, (images.astype(np.float32) - in_zero) * in_scale
 
 
-@needs_checkpoint
 def test_imported_network_reproduces_the_checkpoint_on_real_photos():
-    paths = sorted(PHOTOS.rglob("*.jpg"))
-    if not paths:
-        pytest.skip("../shared/data/fungi128 is not on this machine")
+    need_shared(CHECKPOINT, NEEDS)
+    paths = sorted(need_shared(PHOTOS, "the fungi128 photos").rglob("*.jpg"))
+    assert paths, f"{PHOTOS} holds no .jpg photo"
     paths = paths[:: max(1, len(paths) // 120)]
     images = np.stack([load_image(p, 224) for p in paths])
     int8_logits, step, real_inputs = _checkpoint_logits(images)
@@ -71,8 +70,8 @@ def test_imported_network_reproduces_the_checkpoint_on_real_photos():
     assert err.mean() <= 2.0 * step and np.percentile(err, 99) <= 8.0 * step
 
 
-@needs_checkpoint
 def test_checkpoint_holds_the_keras_convolutions_in_order():
+    need_shared(CHECKPOINT, NEEDS)
     convs = read_checkpoint(CHECKPOINT)
     assert len(convs) == 53   # 52 backbone convolutions, then the 1x1 ImageNet classifier
     assert [c.op for c in convs[:3]] == ["CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D"]
@@ -87,8 +86,8 @@ def test_checkpoint_holds_the_keras_convolutions_in_order():
     np.testing.assert_allclose(beta, convs[0].bias)
 
 
-@needs_checkpoint
 def test_a_checkpoint_of_another_network_is_a_clear_error():
+    need_shared(CHECKPOINT, NEEDS)
     resnet = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3))
     with pytest.raises(UserError, match="convolution"):
         load_checkpoint(resnet, CHECKPOINT)
