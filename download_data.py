@@ -6,7 +6,11 @@
     python download_data.py --from-folder ../shared/data/fungi128 --group-column date   # offline import
 
 Fetches the species the model learns (data.species_subset) and the unknown species it is only
-evaluated on (open_set.unknown_species, at most open_set.max_photos_per_species photos each).
+evaluated on (open_set.unknown_species, at most open_set.max_photos_per_species photos each), then
+"exposure" photos of other mushrooms for outlier-exposure training: open_set.exposure_download
+photos of research-grade Fungi in neither species table (0 = none), at most
+open_set.exposure_max_per_species per species, open_set.exposure_genus_share of them from the
+genera of the study's species.
 Writes data/{train,val,test}/<Species_name>/<photo_id>.jpg, data/manifest.csv and
 data/config.resolved.yaml. After an interruption, rerun the same command: it fetches only what
 is missing. --force forgets what earlier runs stored for these species and starts again.
@@ -30,7 +34,8 @@ def main() -> int:
                              "(e.g. date); without it each photo is its own group")
     parser.add_argument("--data-dir", metavar="DIR", help="where data goes (default: paths.data_dir of the config)")
     parser.add_argument("--force", action="store_true",
-                        help="redo the known and unknown species instead of resuming what earlier runs stored")
+                        help="redo the known and unknown species (and the exposure photos) instead of resuming "
+                             "what earlier runs stored")
     args, cfg = parse(parser)
     if args.group_column and not args.from_folder:
         parser.error("--group-column only applies with --from-folder")

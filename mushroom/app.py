@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from mushroom import openset
-from mushroom.advice import GRADE_MEANING, JSON_KEYS, REMINDER, RULES, UNKNOWN_EDIBILITY, VERDICTS, look_alike_table
+from mushroom.advice import (GRADE_MEANING, JSON_KEYS, REMINDER, RULES, UNKNOWN_EDIBILITY, VERDICTS, look_alike_table,
+                             views_of)
 from mushroom.config import PROJECT_ROOT, Config
 from mushroom.errors import UserError
 from mushroom.modelio import ModelFolder, output_role, read_meta, read_temperature
@@ -142,7 +143,35 @@ def tensor_details(path: Path) -> dict:
 
 
 # --- the unknown-species statistics ---------------------------------------------------------------------
-def openset_binary(stats: dict) -> tuple[bytes, dict]:
+RMD_ARRAYS = ("rmd_centre", "rmd_components", "rmd_means", "rmd_whiten", "rmd_mean_bg", "rmd_whiten_bg")
+
+
+def openset_binary(stats: dict, score: str = "mahalanobis") -> tuple[bytes, dict]:
+    """(openset.bin, its layout for model.json) for a feature score (openset.FEATURE_SCORES)."""
+    if score == "rel_mahalanobis":
+        return _rmd_binary(stats)
+    return _mahalanobis_binary(stats)
+
+
+def _rmd_binary(stats: dict) -> tuple[bytes, dict]:
+    """Relative Mahalanobis: the six float32 arrays of openset.fit_rmd_stats as stored (centre D,
+    components D x k, class means C x k with NaN rows for classes without training photos, which
+    the page skips as predict.py does, whitening k x k, background mean k, background whitening
+    k x k), row-major, one after the other; decision.relMahalanobis repeats
+    openset.relative_mahalanobis on them in float64."""
+    parts, arrays, offset = [], {}, 0
+    for name in RMD_ARRAYS:
+        a = np.ascontiguousarray(np.asarray(stats[name], np.float32), "<f4")
+        parts.append(a.tobytes())
+        arrays[name[len("rmd_"):]] = {"offset": offset, "shape": [int(x) for x in a.shape]}
+        offset += a.nbytes
+    d, k = (int(x) for x in np.asarray(stats["rmd_components"]).shape)
+    layout = {"file": OPENSET_FILE, "kind": "rel_mahalanobis", "dim": d, "k": k,
+              "classes": int(np.asarray(stats["rmd_means"]).shape[0]), "arrays": arrays, "bytes": offset}
+    return b"".join(parts), layout
+
+
+def _mahalanobis_binary(stats: dict) -> tuple[bytes, dict]:
     """(openset.bin, its layout for model.json) for a Mahalanobis score. Layout: class means times
     the whitening matrix (float64, C x D), their squared norms (float64, C), then the whitening
     matrix W itself (float32 as stored; only its lower triangle, row by row, when W is lower
@@ -158,7 +187,7 @@ def openset_binary(stats: dict) -> tuple[bytes, dict]:
     tri = w32[np.tril_indices(w32.shape[0])] if lower else w32.ravel()
     parts = [np.ascontiguousarray(mw, "<f8").tobytes(), np.ascontiguousarray(norms, "<f8").tobytes(),
              np.ascontiguousarray(tri, "<f4").tobytes()]
-    layout = {"file": OPENSET_FILE, "dim": int(w.shape[0]), "classes": int(len(mw)),
+    layout = {"file": OPENSET_FILE, "kind": "mahalanobis", "dim": int(w.shape[0]), "classes": int(len(mw)),
               "whiten_layout": "lower" if lower else "full",
               "offsets": {"mw": 0, "mw_norm": len(parts[0]), "whiten": len(parts[0]) + len(parts[1])},
               "bytes": sum(len(p) for p in parts)}
@@ -175,7 +204,7 @@ def rules_bundle(classes: list[Species], table: list[Species], predict_cfg, temp
     resolved = look_alike_table(classes, table)
     out = {
         "classes": [{"name": s.name, "common_name": s.common_name, "edibility": s.edibility, "notes": s.notes,
-                     "look_alikes": resolved[s.name]} for s in classes],
+                     "look_alikes": resolved[s.name], "views": views_of(s)} for s in classes],
         "temperature": temperature,
         "predict": {k: predict_cfg[k] for k in ("top_k", "edible_threshold", "danger_threshold", "not_edible_threshold")},
         "open_set": None,
@@ -216,6 +245,8 @@ def bundle_problems(b: dict) -> list[str]:
             problems.append("the edible threshold is looser than the unknown-species threshold")
         if os_.get("score") not in openset.SCORES:
             problems.append(f"unknown unknown-species score {os_.get('score')!r}")
+        elif os_["score"] in openset.FEATURE_SCORES and not isinstance(os_.get("stats"), dict):
+            problems.append(f"no statistics for the {os_['score']} score")
     cfg = b.get("predict") or {}
     for key in ("edible_threshold", "danger_threshold", "not_edible_threshold"):
         if not (_finite(cfg.get(key)) and 0 <= cfg[key] <= 1):
@@ -339,8 +370,8 @@ def build_app(cfg: Config, folder: str | Path, fmt: str, dist: str | Path = DIST
     if details["input"]["shape_signature"][0] != 1:
         raise UserError(f"{dist / MODEL_FILE} still has a dynamic batch dimension")
     layout = None
-    if record is not None and record["score"] == "mahalanobis":   # read_open_set raised if the stats are missing
-        data, layout = openset_binary(stats)
+    if record is not None and record["score"] in openset.FEATURE_SCORES:   # read_open_set raised if stats are missing
+        data, layout = openset_binary(stats, record["score"])
         (dist / OPENSET_FILE).write_bytes(data)
     (dist / BUNDLE_FILE).write_text(json.dumps(bundle(cfg, folder, fmt, details, record, fusion, layout),
                                                indent=1, allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8")

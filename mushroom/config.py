@@ -125,7 +125,7 @@ SPECIES_SCHEMA = {
 # Species never trained, downloaded only to measure unknown-species detection: the same fields, but the
 # taxon id may be null (looked up by name on iNaturalist).
 EVALUATION_SPECIES_SCHEMA = {**SPECIES_SCHEMA, "taxon_id": Optional(POS_INT)}
-UNKNOWN_SCORES = ("msp", "energy", "max_logit", "mahalanobis")
+UNKNOWN_SCORES = ("msp", "energy", "max_logit", "mahalanobis", "rel_mahalanobis")
 
 SCHEMA: dict = {
     "experiment": STR,
@@ -202,6 +202,13 @@ SCHEMA: dict = {
         "max_photos_per_species": POS_INT,
         "unknown_val_fraction": Type(float, low=0.1, high=0.9),
         "score": Choice("auto", *UNKNOWN_SCORES),
+        "pca_dim": Type(int, low=2, high=4096),                # rel_mahalanobis: PCA dimensions of the embedding
+        # Outlier exposure: photos of species outside the study train towards a uniform answer.
+        "exposure_fraction": Type(float, low=0.0, high=0.8),   # of the unknown species, by species
+        "exposure_weight": Type(float, low=0.0),               # weight of the uniform-target loss; 0 = off
+        "exposure_download": NONNEG_INT,                       # photos of other Fungi download_data.py fetches
+        "exposure_max_per_species": POS_INT,                   # cap per downloaded exposure species
+        "exposure_genus_share": FRACTION,                      # share of them from the study species' genera
     },
     "pipeline": {
         # Stages pipeline.py runs at once (a stage starts when the ones it needs are done).

@@ -77,6 +77,23 @@ def examples(rows: list[dict], split: str, names: list[str], data_dir: str | os.
     return paths, labels
 
 
+def exposure_examples(cfg: Config, rows: list[dict], names: list[str], data_dir: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(absolute paths, species) of the outlier-exposure photos: every photo (any split: they are
+    never evaluated) of the exposure species (species.unknown_partition), sorted by path. Empty
+    when open_set.exposure_weight is 0."""
+    from mushroom.species import unknown_partition
+
+    if cfg.open_set.exposure_weight <= 0:
+        return [], []
+    exposure = set(unknown_partition(cfg, {r["species"] for r in rows}, names).exposure)
+    picked = sorted((r for r in rows if r["species"] in exposure), key=lambda r: r["path"])
+    missing = [r["path"] for r in picked if not (Path(data_dir) / r["path"]).is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} exposure photos of the manifest are missing from {data_dir} (first: "
+                        f"{missing[0]}): re-import or re-download the data")
+    return [str(Path(data_dir) / r["path"]) for r in picked], [r["species"] for r in picked]
+
+
 def skipped_species(rows: list[dict], names: list[str]) -> dict[str, int]:
     """Photos (any split) of species that are not classes: {species: count}."""
     out: dict[str, int] = {}
@@ -103,14 +120,14 @@ def check_pixel_range(images, where: str = "batch") -> None:
                               "but models take raw [0, 255] pixels and scale them inside")
 
 
-def guard_batch(images, labels):
+def guard_batch(images, labels, *weights):
     """The same check as check_pixel_range as TF ops, for every batch of a tf.data pipeline."""
     lo, hi = tf.reduce_min(images), tf.reduce_max(images)
     ok = (lo >= 0.0) & (hi <= 255.0 + 1e-3) & tf.logical_not((hi > 0.0) & (hi <= UNIT_RANGE_MAX))
     check = tf.debugging.Assert(ok, ["pixel range guard: a batch is not raw [0, 255] pixels (scaled to [0, 1] "
                                      "twice?); min/max:", lo, hi])
     with tf.control_dependencies([check]):
-        return tf.identity(images), labels
+        return (tf.identity(images), labels, *weights)
 
 
 # --- augmentation ---------------------------------------------------------------------------------
@@ -165,13 +182,17 @@ def _decoder(image_size: int):
 
 def make_dataset(paths: list[str], labels: list[int], image_size: int, batch_size: int, *,
                  training: bool = False, augment: dict | None = None, seed: int = 0, cache: bool = False,
-                 num_classes: int | None = None) -> tf.data.Dataset:
+                 num_classes: int | None = None, exposure_weight: float | None = None) -> tf.data.Dataset:
     """Batches of (float32 [0, 255] images (N, size, size, 3), labels).
 
     training: shuffle (seeded, reshuffled each epoch) and augment with `augment` (cfg.augment keys);
     otherwise order is kept and nothing is random. No batch is ever dropped (the last one may be
     short). cache keeps decoded, resized uint8 images in memory after the first epoch.
-    num_classes: one-hot labels (needed for label smoothing), else integer labels."""
+    num_classes: one-hot labels (needed for label smoothing), else integer labels.
+    exposure_weight: label -1 marks an outlier-exposure photo (a species the model must not know):
+    its target is the uniform distribution, whose cross-entropy is logsumexp(z) - mean(z), the
+    outlier-exposure loss of Hendrycks et al. (2019), and batches are (images, targets, sample
+    weights) with this weight on those photos and 1 on the others. Needs num_classes."""
     if not paths:
         raise UserError("no photos to build a dataset from: check the manifest and data.species_subset")
     ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths), tf.constant(labels, tf.int32)))
@@ -181,7 +202,17 @@ def make_dataset(paths: list[str], labels: list[int], image_size: int, batch_siz
     if training:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
-    if num_classes:
+    if exposure_weight is not None:
+        if not num_classes:
+            raise ValueError("outlier exposure needs one-hot targets (num_classes)")
+        uniform = tf.fill([num_classes], 1.0 / num_classes)
+
+        def targets(x, y):
+            other = y < 0
+            return (x, tf.where(other, uniform, tf.one_hot(y, num_classes)),
+                    tf.where(other, tf.constant(exposure_weight, tf.float32), tf.constant(1.0, tf.float32)))
+        ds = ds.map(targets, num_parallel_calls=AUTOTUNE)
+    elif num_classes:
         ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=False)
     aug = dict(augment or {})
@@ -192,8 +223,8 @@ def make_dataset(paths: list[str], labels: list[int], image_size: int, batch_siz
         ds = tf.data.Dataset.zip((ds, draws))
         params = dict(flip=bool(aug.get("flip")), rotation=float(aug.get("rotation", 0.0)),
                       zoom=float(aug.get("zoom", 0.0)), contrast=float(aug.get("contrast", 0.0)))
-        ds = ds.map(lambda xy, s: (augment_batch(xy[0], tf.stack([tf.constant(seed, tf.int64), s]), **params), xy[1]),
-                    num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda xy, s: (augment_batch(xy[0], tf.stack([tf.constant(seed, tf.int64), s]), **params),
+                                   *xy[1:]), num_parallel_calls=AUTOTUNE)
     ds = ds.map(guard_batch)
     return ds.prefetch(AUTOTUNE)
 
@@ -203,19 +234,25 @@ class SplitData:
     dataset: tf.data.Dataset
     paths: list[str]
     labels: list[int]
+    exposure_paths: list[str] = ()      # outlier-exposure photos mixed into `dataset` (training only)
 
     def __len__(self) -> int:
         return len(self.paths)
 
 
 def split_dataset(cfg: Config, data_dir: str | os.PathLike, split: str, names: list[str],
-                  rows: list[dict] | None = None, one_hot: bool = True, batch_size: int | None = None) -> SplitData:
-    """The pipeline of one split of the manifest (training split: shuffled and augmented)."""
+                  rows: list[dict] | None = None, one_hot: bool = True, batch_size: int | None = None,
+                  exposure: bool = False) -> SplitData:
+    """The pipeline of one split of the manifest (training split: shuffled and augmented).
+    exposure: the training split with the outlier-exposure photos mixed in (dataset.exposure_examples,
+    label -1, weighted open_set.exposure_weight); `paths`/`labels` stay the known photos only."""
     if rows is None:
         rows = read_manifest(manifest_path(data_dir))
     paths, labels = examples(rows, split, names, data_dir)
     training = split == "train"
-    ds = make_dataset(paths, labels, cfg.image.size, batch_size or cfg.train.batch_size, training=training,
-                      augment=cfg.augment if training else None, seed=cfg.seed, cache=cfg.train.cache,
-                      num_classes=len(names) if one_hot else None) if paths else None
-    return SplitData(ds, paths, labels)
+    extra, _ = exposure_examples(cfg, rows, names, data_dir) if exposure and training and one_hot else ([], [])
+    ds = make_dataset(paths + extra, labels + [-1] * len(extra), cfg.image.size, batch_size or cfg.train.batch_size,
+                      training=training, augment=cfg.augment if training else None, seed=cfg.seed,
+                      cache=cfg.train.cache, num_classes=len(names) if one_hot else None,
+                      exposure_weight=cfg.open_set.exposure_weight if extra else None) if paths else None
+    return SplitData(ds, paths, labels, extra)

@@ -23,7 +23,7 @@ from mushroom.errors import UserError
 from mushroom.images import load_image
 from mushroom.fileio import write_json
 from mushroom.modelio import ModelFolder, read_meta
-from mushroom.species import Species, classes_from_table, graded_species, unknown_species
+from mushroom.species import Species, classes_from_table, graded_species, unknown_partition
 
 FORMATS = ("keras",) + EXPORT_FORMATS
 # Keys every metrics.json entry carries (README, "metrics.json"): later tooling relies on them.
@@ -41,7 +41,8 @@ OPEN_SET_KEYS = ("unknown_score", "unknown_threshold", "unknown_recall_target", 
                  "unknown_auroc_val", "unknown_flagged", "known_coverage", "unknown_verdict_edible",
                  "unknown_dangerous_verdict_edible", "unknown_verdict_edible_unflagged",
                  "unknown_dangerous_verdict_edible_unflagged", "n_unknown_val", "n_unknown_test",
-                 "n_unknown_species_val", "n_unknown_species_test",
+                 "n_unknown_species_val", "n_unknown_species_test", "n_exposure_species", "unknown_auroc_cv",
+                 "unknown_auroc_ci", "unknown_flagged_ci", "known_coverage_ci", "unknown_verdict_edible_ci",
                  *(f"unknown_auroc_{s}" for s in openset.SCORES), *(f"unknown_auroc_val_{s}" for s in openset.SCORES))
 
 
@@ -68,16 +69,14 @@ class OpenSetData:
     val_species: list[str]
     test_species: list[str]
     dangerous: dict[str, bool]      # species -> poisonous/deadly
+    exposure_species: list[str]     # trained on as "other mushrooms" (outlier exposure); never evaluated
 
 
 def load_open_set(cfg: Config, data_dir: Path, class_names: list[str], size: int) -> OpenSetData:
-    """Every imported photo (any split) of cfg's unknown species that the model does not know."""
+    """Every imported photo (any split) of the unknown species that fit or measure the threshold
+    (species.unknown_partition: exposure species trained the model and are never evaluated)."""
     rows = manifest.read_manifest(manifest.manifest_path(data_dir))
-    unknown = {s.name: s for s in unknown_species(cfg) if s.name not in class_names}
-    present = sorted({r["species"] for r in rows if r["species"] in unknown})
-    dangerous = {n: unknown[n].is_dangerous for n in present}
-    val_names, test_names = openset.split_unknown_species(present, [dangerous[n] for n in present],
-                                                          cfg.open_set.unknown_val_fraction, cfg.seed)
+    part = unknown_partition(cfg, {r["species"] for r in rows}, class_names)
 
     def split(names: list[str]) -> Split | None:
         picked = sorted((r for r in rows if r["species"] in set(names)), key=lambda r: r["path"])
@@ -86,7 +85,7 @@ def load_open_set(cfg: Config, data_dir: Path, class_names: list[str], size: int
         images = np.stack([load_image(data_dir / r["path"], size) for r in picked])
         return Split(images, np.full(len(picked), -1), picked, 0)
 
-    return OpenSetData(split(val_names), split(test_names), val_names, test_names, dangerous)
+    return OpenSetData(split(part.fit), split(part.measure), part.fit, part.measure, part.dangerous, part.exposure)
 
 
 class Predictor:
@@ -220,6 +219,11 @@ def _open_set_entry(cfg: Config, choice: _ModelChoices, species: list[Species], 
               for name in ("val", "test", "unknown_val", "unknown_test")}
     names = [s for s in openset.SCORES if s in scores["val"]]
     auroc_val = {s: openset.auroc(scores["unknown_val"][s], scores["val"][s]) for s in names}
+    # The choice: mean AUROC over folds of the unknown-val species (one species' photos are one
+    # near-duplicate cluster: a pooled AUROC lets the largest species decide).
+    fit_species = [r["species"] for r in ops.val.rows]
+    auroc_cv = {s: openset.species_fold_auroc(scores["unknown_val"][s], fit_species, scores["val"][s], cfg.seed)
+                for s in names}
     auroc_test = {s: openset.auroc(scores["unknown_test"][s], scores["test"][s]) for s in names}
     if choice.score is not None and choice.score not in names:
         raise UserError(f"this folder's other formats use the unknown-species score {choice.score}, which the "
@@ -229,7 +233,7 @@ def _open_set_entry(cfg: Config, choice: _ModelChoices, species: list[Species], 
         if wanted != "auto" and wanted not in names:
             raise UserError(f"open_set.score is {wanted}, which this model's files cannot give (they give "
                             f"{', '.join(names)}): choose one of those or auto")
-        choice.score = openset.choose_score(auroc_val) if wanted == "auto" else wanted
+        choice.score = openset.choose_score({s: v["mean"] for s, v in auroc_cv.items()}) if wanted == "auto" else wanted
     name = choice.score
     recall = cfg.predict.unknown_recall
     threshold = openset.fit_threshold(scores["unknown_val"][name], recall)
@@ -238,7 +242,7 @@ def _open_set_entry(cfg: Config, choice: _ModelChoices, species: list[Species], 
     edible_threshold = min(threshold, openset.fit_threshold(scores["unknown_val"][name], edible_recall))
     record = {"score": name, "threshold": threshold, "unknown_recall": recall,
               "edible_threshold": edible_threshold, "edible_recall": edible_recall,
-              "auroc_val": auroc_val[name], "temperature": temperature}
+              "auroc_val": auroc_val[name], "auroc_cv": auroc_cv[name], "temperature": temperature}
     flagged_unknown = scores["unknown_test"][name] >= threshold
     flagged_known = scores["test"][name] >= threshold
     unknown_probs = openset.probabilities(outs["unknown_test"], temperature)
@@ -252,7 +256,15 @@ def _open_set_entry(cfg: Config, choice: _ModelChoices, species: list[Species], 
                                  [UnknownCheck.from_record(v, passing) for v in scores["unknown_test"][name]],
                                  temperature)
     dangerous = [ops.dangerous[r["species"]] for r in ops.test.rows]
+    # the measured figures with intervals that resample the measure species (and the known finds)
+    ci = ci_stats.open_set_intervals(scores["test"][name], [_group_key(r) for r in test.rows],
+                                     scores["unknown_test"][name], [r["species"] for r in ops.test.rows], threshold,
+                                     cfg.evaluate.confidence, cfg.evaluate.bootstrap_samples, cfg.seed,
+                                     np.array([v == "edible" for v in verdict_flagged]))
     keys.update({
+        "unknown_auroc_cv": auroc_cv[name]["mean"], "unknown_auroc_ci": ci["auroc"],
+        "unknown_flagged_ci": ci["flagged"], "known_coverage_ci": ci["kept"],
+        "unknown_verdict_edible_ci": ci["verdict_edible"], "n_exposure_species": len(ops.exposure_species),
         "unknown_score": name, "unknown_threshold": threshold, "unknown_recall_target": recall,
         "unknown_edible_threshold": edible_threshold, "unknown_edible_recall_target": edible_recall,
         "unknown_auroc": auroc_test[name], "unknown_auroc_val": auroc_val[name],
@@ -273,7 +285,8 @@ def _open_set_entry(cfg: Config, choice: _ModelChoices, species: list[Species], 
 
 
 def _fusion_entry(choice: _ModelChoices, temperature: float, stats: dict | None, outs: dict, test: Split,
-                  val: Split, ops: OpenSetData, score: str | None, n_bins: int) -> dict:
+                  val: Split, ops: OpenSetData, score: str | None, n_bins: int, confidence: float = 0.95,
+                  n_samples: int = 2000, seed: int = 0) -> dict:
     """Single-photo vs fused-per-find top-1 and ECE on the test split; the fusion rule (mean or
     sum of calibrated log-probabilities) chosen on val finds by NLL."""
     test_groups, val_groups = _groups(test.rows), _groups(val.rows)
@@ -291,11 +304,17 @@ def _fusion_entry(choice: _ModelChoices, temperature: float, stats: dict | None,
     out["fused_top1"] = out[f"fused_top1_{choice.fusion}"]
     out["fused_ece"] = out[f"fused_ece_{choice.fusion}"]
     out["fused_unknown_auroc"] = None
+    out["fused_unknown_auroc_ci"] = None
     if score is not None and ops.test is not None:
         unknown_groups = _groups(ops.test.rows)
         fk = [openset.find_score(_subset(outs["test"], g), temperature, stats, score) for g in test_groups]
         fu = [openset.find_score(_subset(outs["unknown_test"], g), temperature, stats, score) for g in unknown_groups]
         out["fused_unknown_auroc"] = openset.auroc(np.array(fu), np.array(fk))
+        # per find, with an interval resampling the measure species (each find within its species)
+        ci = ci_stats.open_set_intervals(np.array(fk), list(range(len(fk))), np.array(fu),
+                                         [ops.test.rows[g[0]]["species"] for g in unknown_groups], None,
+                                         confidence, n_samples, seed)
+        out["fused_unknown_auroc_ci"] = ci["auroc"]
         out["n_finds_unknown_test"] = len(unknown_groups)
     return out
 
@@ -322,7 +341,9 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
             "detection is not measured and no threshold is fitted; import them (open_set.unknown_species)")
     else:
         log(f"  unknown species: {len(ops.val_species)} fit the threshold ({len(ops.val.rows)} photos), "
-            f"{len(ops.test_species)} measure it ({len(ops.test.rows)} photos)")
+            f"{len(ops.test_species)} measure it ({len(ops.test.rows)} photos)"
+            + (f"; {len(ops.exposure_species)} more were outlier exposure in training (not evaluated)"
+               if ops.exposure_species else ""))
     files = ModelFolder(folder).files()
     wanted = [f for f in (formats or FORMATS) if f in files]
     if not wanted:
@@ -356,7 +377,9 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
         stats = None
         if "embedding" in outs["val"]:
             train_out = predictor.outputs(train.images)
-            stats = openset.fit_feature_stats(train_out["embedding"], train.labels, len(class_names))
+            stats = {**openset.fit_feature_stats(train_out["embedding"], train.labels, len(class_names)),
+                     **openset.fit_rmd_stats(train_out["embedding"], train.labels, len(class_names),
+                                             cfg.open_set.pca_dim)}
         # Probabilities from the file's logits when it has them (finer than an int8 file's uint8
         # probability output, which ties often), so every format is read the same way.
         temperature = metrics.fit_temperature(openset.log_probs(outs["val"]), val.labels)
@@ -371,10 +394,10 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
             score = openset.unknown_scores(outs["test"], temperature, stats, [record["score"]])[record["score"]]
             checks = [UnknownCheck.from_record(v, record) for v in score]
             open_set_records[fmt] = record
-            if record["score"] == "mahalanobis":
-                stats_files[fmt] = stats
+            if record["score"] in openset.FEATURE_SCORES:
+                stats_files[fmt] = openset.stats_for(record["score"], stats)
         fusion = _fusion_entry(choice, temperature, stats, outs, test, val, ops, record.get("score"),
-                               cfg.evaluate.ece_bins)
+                               cfg.evaluate.ece_bins, cfg.evaluate.confidence, cfg.evaluate.bootstrap_samples, cfg.seed)
         med, p95 = latency_ms(predictor.one(), test.images[0], cfg.evaluate.latency_runs, cfg.evaluate.latency_warmup)
         verdict_list = verdicts(calibrated, species, cfg, graded, checks, temperature)
         outcomes[fmt] = ci_stats.Outcomes.from_arrays(probs, calibrated, test.labels, verdict_list, edible, dangerous)

@@ -172,14 +172,20 @@ class INatAPI:
         return found
 
     def taxon_named(self, name: str) -> dict | None:
-        data = self.get_json(f"{self.base}/taxa", q=name, per_page=30)
-        for taxon in data.get("results") or []:
-            if str(taxon.get("name", "")).strip().lower() == name.lower() and as_id(taxon.get("id")):
-                return taxon
-        return None
+        found = self.taxa_named(name)
+        return found[0] if found else None
 
-    def observations(self, taxon_id: int) -> Iterator[dict]:
-        """Observations of a taxon with photos, ascending by id, one page per request (id_above)."""
+    def taxa_named(self, name: str, rank: str | None = None) -> list[dict]:
+        """Every taxon called exactly `name` (of `rank` if given): the search also answers near misses,
+        and one name can be a fungus genus and an animal genus at once."""
+        params = dict(q=name, per_page=30) | ({"rank": rank} if rank else {})
+        data = self.get_json(f"{self.base}/taxa", **params)
+        return [t for t in data.get("results") or [] if isinstance(t, dict) and as_id(t.get("id"))
+                and str(t.get("name", "")).strip().lower() == name.lower() and (rank is None or t.get("rank") == rank)]
+
+    def observations(self, taxon_id: int, **filters) -> Iterator[dict]:
+        """Observations of a taxon (and its descendants) with photos, ascending by id, one page per
+        request (id_above); `filters`: more API parameters, e.g. without_taxon_id, over the configured ones."""
         d = self.cfg.data
         params = dict(taxon_id=taxon_id, photos=True,
                       # pyinaturalist (and the API) want licenses uppercase; photos report them lowercase.
@@ -188,6 +194,7 @@ class INatAPI:
             params["quality_grade"] = d.quality_grade
         if d.place_id is not None:
             params["place_id"] = d.place_id
+        params.update(filters)
         return iter(JsonIDRangePaginator(self.get_json, f"{self.base}/observations", per_page=d.per_page,
                                          order="asc", **params))
 

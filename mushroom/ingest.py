@@ -70,6 +70,10 @@ class IngestReport:
     failures: list[str] = field(default_factory=list)        # why, for failures a rerun may fix
     unmatched_folders: list[str] = field(default_factory=list)  # source folders naming no configured species
     left_out_species: list[str] = field(default_factory=list)   # found, but neither known nor unknown
+    # Outlier-exposure photos (download.py): species outside both species tables, far too many for a
+    # table row each, so summary() gives them one line (`exposure`: photos, species, genera, ...).
+    exposure_species: set[str] = field(default_factory=set)
+    exposure: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -80,13 +84,21 @@ class IngestReport:
     def summary(self) -> str:
         columns = {"new": self.added, "skipped_license": self.skipped_license, "duplicate": self.duplicates,
                    "failed": self.failed}
-        lines = [counts_table(self.rows, {k: dict(v) for k, v in columns.items() if v}, self.roles)]
+        other = self.exposure_species
+        columns = {k: {s: n for s, n in v.items() if s not in other} for k, v in columns.items()}
+        rows = [r for r in self.rows if r["species"] not in other]
+        lines = [counts_table(rows, {k: v for k, v in columns.items() if v}, self.roles)]
         if UNKNOWN in self.roles.values():
             lines.append("known: the species the model learns (data.species_subset); "
                          "unknown: evaluation only, never trained (open_set.unknown_species)")
         lines += ["", f"{self.added.total()} photos added, {self.kept.total()} already in place, "
                       f"{self.duplicates.total()} duplicates skipped, {self.failed.total()} failed; "
                       f"grouped by {self.grouped_by}"]
+        if self.exposure:
+            e = self.exposure
+            lines.append(f"exposure: {e['photos']} photos of {e['species']} species from {e['genera']} genera "
+                         f"({e['study_genera']} from the study's genera; {e['added']} new, "
+                         f"{e['skipped_license']} skipped for their license, {e['failed']} failed)")
         if self.unmatched_folders:
             lines.append("not in config.yaml (skipped): " + ", ".join(self.unmatched_folders))
         if self.left_out_species:
@@ -121,6 +133,12 @@ class PhotoStore:
         mine = [r for r in self.rows if r["species"] in self.scope]
         self.photo_ids = {str(r["photo_id"]) for r in mine}
         self.shas = {r["sha256"] for r in mine if r.get("sha256")}
+
+    def widen(self, species: set[str]) -> None:
+        """Add species to the scope: the exposure species (download.py) are known only once planned."""
+        if not species <= self.scope:
+            self.scope |= species
+            self._index()
 
     def species_rows(self, species: str) -> list[dict]:
         return [r for r in self.rows if r["species"] == species]

@@ -12,7 +12,13 @@ files exported by this project "logits" and "embedding". The scores:
 - energy: -T log sum exp(logits / T), the free energy (Liu et al., 2020), at the calibrated T;
 - max_logit: minus the largest logit (Hendrycks et al., 2022);
 - mahalanobis: the smallest Mahalanobis distance of the embedding to a class mean, with one shared
-  covariance fitted on the training photos (Lee et al., 2018); needs `stats` (fit_feature_stats).
+  covariance fitted on the training photos (Lee et al., 2018); needs `stats` (fit_feature_stats);
+- rel_mahalanobis: relative Mahalanobis distance (Ren et al., 2021) on the L2-normalised embedding
+  reduced by PCA (fit_rmd_stats): the class distance minus the distance to the training photos as
+  one background Gaussian, which removes what every photo shares (light, background, camera) from
+  the score; plain Mahalanobis collapses on fine-tuned CNN features, this does not. Measured on the
+  demo (10 seeded species splits, forager embedding): AUROC 0.753 at 64 dimensions, 0.705 at all
+  1280, 0.657 plain Mahalanobis, 0.699 max-logit.
 Files without logits (older exports) give msp only, from their probabilities.
 
 Several photos of one find are fused (`fuse`) into the class probabilities of one answer; the
@@ -25,7 +31,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-SCORES = ("msp", "energy", "max_logit", "mahalanobis")
+SCORES = ("msp", "energy", "max_logit", "mahalanobis", "rel_mahalanobis")
+# Scores computed from the embedding and statistics of the training photos (open_set/<format>.npz).
+FEATURE_SCORES = ("mahalanobis", "rel_mahalanobis")
 FUSIONS = ("mean", "sum")
 EPS = 1e-12
 # Ledoit-Wolf-style shrinkage of the shared covariance towards its mean variance: 1280-d embeddings
@@ -60,7 +68,10 @@ def available_scores(outputs: Mapping[str, np.ndarray], stats: Mapping | None = 
     if "logits" in outputs:
         out += ["energy", "max_logit"]
     if "embedding" in outputs and stats is not None:
-        out.append("mahalanobis")
+        if "means" in stats:
+            out.append("mahalanobis")
+        if "rmd_components" in stats:
+            out.append("rel_mahalanobis")
     return tuple(out)
 
 
@@ -78,6 +89,8 @@ def unknown_scores(outputs: Mapping[str, np.ndarray], temperature: float | None 
         out["max_logit"] = -_logits(outputs).max(axis=-1)
     if "mahalanobis" in names:
         out["mahalanobis"] = mahalanobis(outputs["embedding"], stats)
+    if "rel_mahalanobis" in names:
+        out["rel_mahalanobis"] = relative_mahalanobis(outputs["embedding"], stats)
     return out
 
 
@@ -99,10 +112,62 @@ def fit_feature_stats(embeddings: np.ndarray, labels: np.ndarray, n_classes: int
     return {"means": means.astype(np.float32), "whiten": whiten.astype(np.float32)}
 
 
+def _l2(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), EPS)
+
+
+def _whitening(centred: np.ndarray, dof: int, shrinkage: float) -> np.ndarray:
+    cov = centred.T @ centred / max(1, dof)
+    target = np.trace(cov) / cov.shape[0]
+    cov = (1 - shrinkage) * cov + shrinkage * target * np.eye(cov.shape[0])
+    return np.linalg.cholesky(np.linalg.inv(cov))
+
+
+def fit_rmd_stats(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, dim: int = 64,
+                  shrinkage: float = SHRINKAGE) -> dict:
+    """What relative_mahalanobis needs, from the training photos' embeddings (N, D): the PCA of the
+    L2-normalised embeddings (centre, D x k components, k = min(dim, N, D)), and in that space the
+    class means with their shared whitening matrix and the background (all photos) mean with its
+    own. Keys are prefixed rmd_ so that one statistics file holds both Mahalanobis scores."""
+    x = _l2(embeddings)
+    y = np.asarray(labels)
+    centre = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - centre, full_matrices=False)
+    k = int(min(dim, vt.shape[0]))
+    components = vt[:k].T
+    z = (x - centre) @ components
+    means = np.stack([z[y == c].mean(axis=0) if np.any(y == c) else np.full(k, np.nan) for c in range(n_classes)])
+    whiten = _whitening(z - means[y], len(z) - n_classes, shrinkage)
+    mean_bg = z.mean(axis=0)
+    whiten_bg = _whitening(z - mean_bg, len(z) - 1, shrinkage)
+    return {"rmd_centre": centre.astype(np.float32), "rmd_components": components.astype(np.float32),
+            "rmd_means": means.astype(np.float32), "rmd_whiten": whiten.astype(np.float32),
+            "rmd_mean_bg": mean_bg.astype(np.float32), "rmd_whiten_bg": whiten_bg.astype(np.float32)}
+
+
+def relative_mahalanobis(embeddings: np.ndarray, stats: Mapping) -> np.ndarray:
+    """min over classes of the Mahalanobis distance to the class mean, minus the distance to the
+    background mean, in the PCA space of fit_rmd_stats (float64 throughout, from the float32 stats)."""
+    z = (_l2(embeddings) - np.asarray(stats["rmd_centre"], np.float64)) @ np.asarray(stats["rmd_components"], np.float64)
+    d_class = mahalanobis(z, {"means": stats["rmd_means"], "whiten": stats["rmd_whiten"]})
+    zb = (z - np.asarray(stats["rmd_mean_bg"], np.float64)) @ np.asarray(stats["rmd_whiten_bg"], np.float64)
+    return d_class - (zb ** 2).sum(axis=1)
+
+
+def stats_for(score: str, stats: Mapping) -> dict:
+    """The statistics a feature score needs (what open_set/<format>.npz keeps for it)."""
+    if score == "mahalanobis":
+        return {k: stats[k] for k in ("means", "whiten")}
+    if score == "rel_mahalanobis":
+        return {k: v for k, v in stats.items() if k.startswith("rmd_")}
+    return {}
+
+
 def prepared(stats: Mapping) -> dict:
     """`stats` with what every score needs computed once: the whitening matrix in float64 and the
     whitened class means of classes with training photos (predict.py scores photo after photo)."""
-    if "means_whitened" in stats:
+    if "means_whitened" in stats or "means" not in stats:
         return dict(stats)
     w = np.asarray(stats["whiten"], np.float64)
     means = np.asarray(stats["means"], np.float64)
@@ -152,6 +217,22 @@ def auroc(unknown: np.ndarray, known: np.ndarray) -> float:
     return float((rank_sum - len(u) * (len(u) + 1) / 2.0) / (len(u) * len(k)))
 
 
+def species_fold_auroc(unknown: np.ndarray, unknown_species: Sequence[str], known: np.ndarray, seed: int,
+                       folds: int = 5) -> dict:
+    """AUROC of the unknown photos against the known ones, per fold of the unknown species (seeded,
+    every species in one fold; at most `folds` folds): {"mean", "std", "folds": [...]}. Photos of one
+    species are near-duplicates of each other, so a pooled AUROC is decided by the largest species;
+    the mean over folds of species is the grouped cross-validated estimate the score is chosen by."""
+    names = sorted(set(unknown_species))
+    k = max(1, min(folds, len(names)))
+    order = np.random.default_rng(seed).permutation(len(names))
+    fold_of = {names[j]: i % k for i, j in enumerate(order)}
+    by_photo = np.array([fold_of[n] for n in unknown_species])
+    unknown = np.asarray(unknown, np.float64)
+    values = [auroc(unknown[by_photo == f], known) for f in range(k)]
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "folds": [float(v) for v in values]}
+
+
 def choose_score(auroc_by_score: Mapping[str, float]) -> str:
     """The score with the highest AUROC (ties: the first in SCORES, the simplest to compute)."""
     valid = {k: v for k, v in auroc_by_score.items() if v is not None and math.isfinite(v)}
@@ -161,13 +242,23 @@ def choose_score(auroc_by_score: Mapping[str, float]) -> str:
     return next(s for s in SCORES if s in valid and valid[s] == best)
 
 
-def split_unknown_species(names: Sequence[str], dangerous: Sequence[bool], val_fraction: float,
-                          seed: int) -> tuple[list[str], list[str]]:
-    """(unknown-val, unknown-test) species names, disjoint: the forest's unknowns are new species,
-    not new photos of a species seen while fitting. Seeded; both sides get at least one species
-    when there are two or more, and the dangerous (poisonous/deadly) species are spread over both
-    sides in proportion (stratified: each group shuffled, then interleaved by relative position,
-    ties going to the test side first for dangerous species, so the measured side holds one)."""
+def partition_unknown_species(names: Sequence[str], dangerous: Sequence[bool], exposure_fraction: float,
+                              val_fraction: float, seed: int) -> tuple[list[str], list[str], list[str]]:
+    """(exposure, unknown-val, unknown-test) species names, disjoint. Exposure species train the
+    model towards a uniform answer (outlier exposure) and are never evaluated; the rest split as
+    split_unknown_species does (fit the threshold / measure it). Dangerous species are spread over
+    all three: one seeded ranking interleaves them by relative position, exposure takes its front,
+    so with exposure_fraction 0 the fit/measure split is exactly split_unknown_species'."""
+    ranked = _ranked(names, dangerous, seed)
+    k = int(round(exposure_fraction * len(ranked)))
+    if exposure_fraction > 0 and len(ranked) >= 3:
+        k = min(max(k, 1), len(ranked) - 2)   # fit and measure keep one species each
+    exposure = sorted(n for _, _, n in ranked[:k])
+    val, test = _split_ranked(ranked[k:], val_fraction)
+    return exposure, val, test
+
+
+def _ranked(names: Sequence[str], dangerous: Sequence[bool], seed: int) -> list[tuple[float, int, str]]:
     rng = np.random.default_rng(seed)
     ranked = []
     for flag in (True, False):
@@ -176,12 +267,24 @@ def split_unknown_species(names: Sequence[str], dangerous: Sequence[bool], val_f
         # dangerous species get the later of two equal positions: the val side fills from the front
         ranked += [((i + 0.5) / len(group), 1 if flag else 0, n) for i, n in enumerate(group)]
     ranked.sort()
+    return ranked
+
+
+def _split_ranked(ranked: list[tuple[float, int, str]], val_fraction: float) -> tuple[list[str], list[str]]:
     k = int(round(val_fraction * len(ranked)))
     if len(ranked) >= 2:
         k = min(max(k, 1), len(ranked) - 1)
-    val = [n for _, _, n in ranked[:k]]
-    test = [n for _, _, n in ranked[k:]]
-    return sorted(val), sorted(test)
+    return sorted(n for _, _, n in ranked[:k]), sorted(n for _, _, n in ranked[k:])
+
+
+def split_unknown_species(names: Sequence[str], dangerous: Sequence[bool], val_fraction: float,
+                          seed: int) -> tuple[list[str], list[str]]:
+    """(unknown-val, unknown-test) species names, disjoint: the forest's unknowns are new species,
+    not new photos of a species seen while fitting. Seeded; both sides get at least one species
+    when there are two or more, and the dangerous (poisonous/deadly) species are spread over both
+    sides in proportion (stratified: each group shuffled, then interleaved by relative position,
+    ties going to the test side first for dangerous species, so the measured side holds one)."""
+    return _split_ranked(_ranked(names, dangerous, seed), val_fraction)
 
 
 # --- several photos of one find ------------------------------------------------------------------------

@@ -187,6 +187,6 @@ def read_open_set(folder: Path, fmt: str) -> tuple[dict | None, dict | None, str
         return None, None, None
     record = data.get("by_format", {}).get(fmt)
     stats = None
-    if record is not None and record["score"] == "mahalanobis":
+    if record is not None and record["score"] in openset.FEATURE_SCORES:
         stats = openset.prepared(ModelFolder(folder).read_open_set_stats(fmt))
     return record, stats, data.get("fusion")

@@ -27,7 +27,7 @@ import numpy as np
 from mushroom.config import EXPORT_FORMATS, save_resolved
 from mushroom.errors import UserError
 from mushroom.fileio import atomic_write, replacing, replacing_folder, write_json
-from mushroom.manifest import load_split
+from mushroom.manifest import load_split, manifest_path, read_manifest
 from mushroom.modelio import ModelFolder, load_model_folder, read_meta
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -38,10 +38,13 @@ FLOAT_FORMATS = ("float32", "dynamic", "float16")
 # --- QAT -------------------------------------------------------------------------------------
 
 def qat_finetune(model, images: np.ndarray, labels: np.ndarray, qcfg, batch_size: int = 16, seed: int = 0,
-                 flip: bool = True, verbose: int = 2, history: dict | None = None):
+                 flip: bool = True, verbose: int = 2, history: dict | None = None,
+                 exposure: np.ndarray | None = None, exposure_weight: float = 0.0):
     """The quantization-aware copy of `model`, fine-tuned for qcfg.qat_epochs at qcfg.qat_learning_rate
     on (images [0, 255], labels) with random horizontal flips. The float model is not changed.
-    `history`, when given, receives the per-epoch loss/accuracy."""
+    `history`, when given, receives the per-epoch loss/accuracy. `exposure`: photos of species the
+    model must not know, trained towards the uniform distribution with `exposure_weight` (the same
+    outlier-exposure loss as the float training, so the fine-tune does not undo it)."""
     from mushroom import qat_configs
     from mushroom.keras_env import keras, tf
     from mushroom.models import rebuild_for_int8
@@ -61,8 +64,15 @@ def qat_finetune(model, images: np.ndarray, labels: np.ndarray, qcfg, batch_size
         if isinstance(getattr(layer, "layer", None), keras.layers.BatchNormalization):
             layer.trainable = False
     qat.compile(optimizer=keras.optimizers.Adam(qcfg.qat_learning_rate),
-                loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                loss="categorical_crossentropy", metrics=["accuracy"])
     rng = np.random.default_rng(seed)
+    n_classes = int(model.output_shape[-1])
+    targets = np.eye(n_classes, dtype=np.float32)[labels]
+    weights = np.ones(len(images), np.float32)
+    if exposure is not None and len(exposure) and exposure_weight > 0:
+        images = np.concatenate([images, exposure])
+        targets = np.concatenate([targets, np.full((len(exposure), n_classes), 1.0 / n_classes, np.float32)])
+        weights = np.concatenate([weights, np.full(len(exposure), exposure_weight, np.float32)])
 
     def batches():
         while True:
@@ -73,7 +83,7 @@ def qat_finetune(model, images: np.ndarray, labels: np.ndarray, qcfg, batch_size
                 if flip:
                     mirror = rng.random(len(idx)) < 0.5
                     x[mirror] = x[mirror, :, ::-1]
-                yield x, labels[idx]
+                yield x, targets[idx], weights[idx]
 
     steps = int(np.ceil(len(images) / batch_size))
     with tf.device("/CPU:0"):
@@ -303,6 +313,16 @@ def enforce_agreement(results: dict, min_agreement: float) -> None:
 
 
 # --- the stage -------------------------------------------------------------------------------
+def _exposure_images(cfg, data_dir, class_names: list[str], size: int) -> np.ndarray:
+    """The outlier-exposure photos the float model trained with (dataset.exposure_examples)."""
+    from mushroom.dataset import exposure_examples
+    from mushroom.images import load_image
+
+    paths, _ = exposure_examples(cfg, read_manifest(manifest_path(data_dir)), class_names, data_dir)
+    if not paths:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([load_image(p, size) for p in paths])
+
 
 def quantize_model_folder(cfg, model_folder: str | os.PathLike, data_dir: str | os.PathLike,
                           force: bool = False, log=print) -> dict:
@@ -335,10 +355,13 @@ def quantize_model_folder(cfg, model_folder: str | os.PathLike, data_dir: str | 
             log(f"QAT model: reusing {qat_file}")
             qat = load_qat_model(model, qat_file)
         else:
-            log(f"QAT fine-tune: {qcfg.qat_epochs} epoch(s) at lr {qcfg.qat_learning_rate} on {len(train_x)} training images")
+            exposure = _exposure_images(cfg, data_dir, class_names, size)
+            log(f"QAT fine-tune: {qcfg.qat_epochs} epoch(s) at lr {qcfg.qat_learning_rate} on {len(train_x)} training images"
+                + (f" and {len(exposure)} outlier-exposure photos (weight {cfg.open_set.exposure_weight:g})"
+                   if len(exposure) else ""))
             qat_history = {}
             qat = qat_finetune(model, train_x, train_y, qcfg, batch_size=cfg.train.batch_size, seed=seed,
-                               history=qat_history)
+                               history=qat_history, exposure=exposure, exposure_weight=cfg.open_set.exposure_weight)
             save_qat_model(qat, qat_file)
         timings["qat_s"] = round(time.perf_counter() - t, 2)
 

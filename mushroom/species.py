@@ -119,3 +119,32 @@ def classes_from_table(class_names: list[str], table: list[Species]) -> list[Spe
                         f"{'are' if len(missing) > 1 else 'is'} not in the species table (config.yaml species or "
                         "evaluation_species): add the species back with its grade, or retrain without it")
     return [known[n] for n in class_names]
+
+
+@dataclass(frozen=True)
+class UnknownPartition:
+    """The photos' species outside the model's classes, by role (disjoint, never by photo):
+    exposure: train the model towards a uniform answer (outlier exposure), never evaluated: a seeded
+      share (open_set.exposure_fraction) of the unknown species, plus every species in neither the
+      table nor evaluation_species (other Fungi that download_data.py fetched as exposure);
+    fit: fit the unknown-species threshold (unknown-val); measure: measure it (unknown-test)."""
+    exposure: list[str]
+    fit: list[str]
+    measure: list[str]
+    dangerous: dict[str, bool]          # fit and measure species -> poisonous/deadly
+
+
+def unknown_partition(cfg: Config, present: set[str] | list[str], class_names: list[str]) -> UnknownPartition:
+    """Partition the species present in the data (manifest rows) that are not the model's classes."""
+    from mushroom import openset
+
+    present = set(present)
+    graded = {s.name for s in graded_species(cfg)}
+    unknown = {s.name: s for s in unknown_species(cfg) if s.name not in class_names and s.name in present}
+    names = sorted(unknown)
+    dangerous = [unknown[n].is_dangerous for n in names]
+    exposure, fit, measure = openset.partition_unknown_species(
+        names, dangerous, cfg.open_set.exposure_fraction, cfg.open_set.unknown_val_fraction, cfg.seed)
+    downloaded = sorted(n for n in present if n not in graded and n not in class_names)
+    return UnknownPartition(sorted(exposure + downloaded), fit, measure,
+                            {n: unknown[n].is_dangerous for n in fit + measure})

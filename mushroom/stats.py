@@ -230,3 +230,36 @@ def paired(ref: Outcomes, out: Outcomes, ref_dist: dict[str, np.ndarray], dist: 
         # gaining, p 0.29), which McNemar on the photos does not call a difference.
         "delta_significant": excludes_zero(top1_ci) and p < 1.0 - confidence,
     }
+
+
+# --- the open set: resampling species ---------------------------------------------------------------------
+def weighted_auroc(w_unknown: np.ndarray, unknown: np.ndarray, w_known: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """AUROC (ties half) of each resample: rows of weights (B, Nu) and (B, Nk) over the photos'
+    scores. With unit weights it equals openset.auroc."""
+    u, k = np.asarray(unknown, np.float64), np.asarray(known, np.float64)
+    above = (u[:, None] > k[None, :]) + 0.5 * (u[:, None] == k[None, :])          # (Nu, Nk)
+    num = ((w_unknown @ above) * w_known).sum(1)
+    den = w_unknown.sum(1) * w_known.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def open_set_intervals(known: np.ndarray, known_groups: Sequence[Hashable], unknown: np.ndarray,
+                       unknown_species: Sequence[Hashable], threshold: float | None, confidence: float,
+                       n_samples: int, seed: int, unknown_edible: np.ndarray | None = None) -> dict:
+    """Intervals of the unknown-species figures that resample what they generalise over: the
+    unknown side by SPECIES (a new species in the forest, not a new photo of a measured one; ten
+    species give wide intervals, and should), the known side by finds, as every other interval.
+    Keys: auroc, and with a threshold flagged (share of unknown photos at or above it), kept (share
+    of known photos below it) and, given per-photo "edible" verdicts of the unknown photos,
+    verdict_edible."""
+    bu = GroupBootstrap(list(unknown_species), n_samples, seed + 1)
+    bk = GroupBootstrap(list(known_groups), n_samples, seed)
+    u, k = np.asarray(unknown, np.float64), np.asarray(known, np.float64)
+    out = {"auroc": interval(weighted_auroc(bu.weights, u, bk.weights, k), confidence)}
+    if threshold is not None:
+        out["flagged"] = interval(weighted_rate(bu.weights, (u >= threshold).astype(np.float64)), confidence)
+        out["kept"] = interval(weighted_rate(bk.weights, (k < threshold).astype(np.float64)), confidence)
+    if unknown_edible is not None:
+        out["verdict_edible"] = interval(weighted_rate(bu.weights, np.asarray(unknown_edible, np.float64)), confidence)
+    return out

@@ -455,8 +455,10 @@ def fingerprint(cfg: Config, names: list[str], train_paths: Sequence[str]) -> di
 
     train = {k: v for k, v in cfg.train.to_dict().items() if k != "strategy"}
     photos = hashlib.sha256("\n".join(sorted("/".join(Path(p).parts[-2:]) for p in train_paths)).encode()).hexdigest()
+    exposure = {k: v for k, v in cfg.open_set.to_dict().items() if k in ("exposure_fraction", "exposure_weight")}
     return {"seed": cfg.seed, "image": cfg.image.to_dict(), "augment": cfg.augment.to_dict(),
-            "model": cfg.model.to_dict(), "train": train, "classes": names, "train_photos": photos}
+            "model": cfg.model.to_dict(), "train": train, "classes": names, "train_photos": photos,
+            "exposure": exposure}
 
 
 # --- training ---------------------------------------------------------------------------------------
@@ -499,17 +501,20 @@ def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verb
     rows = read_manifest(manifest_path(data_dir))
     names = dataset.class_names(cfg, rows)
     skipped = dataset.skipped_species(rows, names)
-    train_data = dataset.split_dataset(cfg, data_dir, "train", names, rows)
+    train_data = dataset.split_dataset(cfg, data_dir, "train", names, rows, exposure=True)
     val_data = dataset.split_dataset(cfg, data_dir, "val", names, rows)
     if not len(val_data):
         raise UserError(f"the val split of {manifest_path(data_dir)} has no photos of the classes: early "
                         "stopping and the best checkpoint need one; re-import with a non-zero data.split.val")
     for name, data in (("training", train_data), ("validation", val_data)):
-        images, _ = next(iter(data.dataset))
+        images = next(iter(data.dataset))[0]
         dataset.check_pixel_range(images.numpy(), f"first {name} batch")
     print(f"classes: {len(names)} ({', '.join(names)}); photos: {len(train_data)} train, {len(val_data)} val"
           + (f"; left out (not a class with training photos): {sum(skipped.values())} photos of "
              f"{len(skipped)} species" if skipped else ""), flush=True)
+    if train_data.exposure_paths:
+        print(f"outlier exposure: {len(train_data.exposure_paths)} photos of species the model must not know mixed "
+              f"into training, target uniform, weight {cfg.open_set.exposure_weight:g}", flush=True)
 
     if cfg.train.stage1.epochs == 0 and cfg.train.stage2.epochs == 0:
         raise UserError("train.stage1.epochs and train.stage2.epochs are both 0: nothing to train")
@@ -539,7 +544,7 @@ def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verb
                                    dropout=cfg.model.dropout, hidden_units=cfg.model.hidden_units)
     models.scaling_layer(model)  # the backbone's [0, 255] scaling must be the model's first layer
 
-    steps = math.ceil(len(train_data) / cfg.train.batch_size)
+    steps = math.ceil((len(train_data) + len(train_data.exposure_paths)) / cfg.train.batch_size)
     keeper = BestKeeper(cfg.train.early_stopping_patience)
     keeper.set_model(model)
     extra = []
@@ -548,7 +553,8 @@ def fit(cfg: Config, data_dir: str | os.PathLike, callbacks: Sequence = (), verb
         plain = dataset.make_dataset(train_data.paths, train_data.labels, cfg.image.size, cfg.train.batch_size,
                                      cache=cfg.train.cache)
         extra.append(BatchNormRecalibration(plain))
-    journal = (Journal(Path(backup_dir), fingerprint(cfg, names, train_data.paths), is_chief(strategy))
+    journal = (Journal(Path(backup_dir), fingerprint(cfg, names, [*train_data.paths, *train_data.exposure_paths]),
+                       is_chief(strategy))
                if backup_dir is not None else None)
     epochs_done = 0
     trained_here = False  # once a stage trains in this process, the journal on disk has nothing newer

@@ -6,10 +6,18 @@
         fake.script(("photo", 1011), "500")                             # next request: 500, then normal
         cfg = load_config(None, [f"data.api_base_url={fake.api_url}", ...])
 
+        genus = fake.add_fungus(900100, "Russula", rank="genus")        # under Fungi (47170)
+        fake.add_fungus(900101, "Russula emetica", parent=genus)         # ancestry: Life, Fungi, Russula
+        fake.add_observation(900101, [(7011, "cc-by")], obs_id=701)     # found under Fungi and Russula too
+
 Observations, photos and taxa are deep copies of the records in ../shared/data/inat-api-samples
 with ids, names and URLs rewritten, so the client meets the API's real shapes and quirks:
 lowercase photo license_code, null licenses, `square` photo URLs, nested observation_photos; the
-taxa search (?q=) matches word prefixes as the real one does, near misses included.
+taxa search (?q=) matches word prefixes as the real one does, near misses included, and takes
+`rank`. Observations are found by taxon_id with their descendants (by ancestor_ids) and left out by
+without_taxon_id the same way, as on iNaturalist; the `rank` filter of /observations is ignored,
+so the client's own check of the rank is what tests exercise (`ignored_params` can drop
+without_taxon_id too, to test the client's own exclusions).
 Photo bytes are real JPEGs from ../shared/data/fungi128, read at run time (generated JPEGs when
 ../shared is absent), each photo id its own file unless told otherwise.
 
@@ -40,7 +48,8 @@ SHARED_PHOTOS = PROJECT_ROOT.parent / "shared" / "data" / "fungi128"
 PHOTO_SIZES = ("square", "small", "medium", "large", "original")
 LICENSE_NAMES = {"cc0": "CC0", "cc-by": "CC BY", "cc-by-sa": "CC BY-SA", "cc-by-nc": "CC BY-NC",
                  "cc-by-nc-sa": "CC BY-NC-SA", "cc-by-nd": "CC BY-ND", "cc-by-nc-nd": "CC BY-NC-ND"}
-RANK_LEVELS = {"genus": 20, "species": 10, "subspecies": 5, "variety": 5}
+RANK_LEVELS = {"kingdom": 70, "genus": 20, "species": 10, "hybrid": 4, "subspecies": 5, "variety": 5}
+LIFE, FUNGI = 48460, 47170  # the root of iNaturalist's tree, and kingdom Fungi
 HTML_ERROR = (b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
               b"<body><h1>502 Bad Gateway</h1><p>The photo server is busy.</p></body></html>")
 
@@ -62,6 +71,7 @@ class FakeINat:
         self.observations: dict[int, dict] = {}
         self.photo_bytes: dict[int, bytes] = {}
         self.requests: list[dict] = []
+        self.ignored_params: set[str] = {"rank"}  # /observations filters this fake does not apply
         self._scripts: dict = defaultdict(deque)
         self._always: dict = {}
         self._lock = threading.Lock()
@@ -96,12 +106,24 @@ class FakeINat:
 
     # --- the world ---
     def add_taxon(self, taxon_id: int, name: str, is_active: bool = True, synonyms: list[int] | None = None,
-                  rank: str = "species") -> dict:
+                  rank: str = "species", ancestor_ids: list[int] | None = None) -> dict:
+        """ancestor_ids: root first, the taxon itself last (as the API lists them); None keeps the
+        recorded taxon's (an insect's), which no query for Fungi or a fungus genus matches."""
         t = copy.deepcopy(self._taxon_template)
         t.update(id=taxon_id, name=name, is_active=is_active, current_synonymous_taxon_ids=synonyms,
                  preferred_common_name=f"common {name}", wikipedia_url=None, rank=rank, rank_level=RANK_LEVELS[rank])
+        if ancestor_ids is not None:
+            t.update(ancestor_ids=list(ancestor_ids), ancestry="/".join(map(str, ancestor_ids[:-1])),
+                     parent_id=ancestor_ids[-2] if len(ancestor_ids) > 1 else None)
+            t.pop("ancestors", None)  # the recorded insect's; nothing here reads them
         self.taxa[taxon_id] = t
         return t
+
+    def add_fungus(self, taxon_id: int, name: str, rank: str = "species", parent: dict | None = None,
+                   **kwargs) -> dict:
+        """A taxon in kingdom Fungi, under `parent` (a taxon this fake holds) or right under Fungi."""
+        above = parent["ancestor_ids"] if parent is not None else [LIFE, FUNGI]
+        return self.add_taxon(taxon_id, name, rank=rank, ancestor_ids=[*above, taxon_id], **kwargs)
 
     def add_observation(self, taxon_id: int, photos: list[tuple], obs_id: int, login: str = "mycologist",
                         ext: str = "jpg", taxon_name: str | None = None, quality_grade: str = "research") -> dict:
@@ -112,6 +134,11 @@ class FakeINat:
         o.update(id=obs_id, uuid=str(uuid.UUID(int=obs_id)), uri=f"https://www.inaturalist.org/observations/{obs_id}",
                  quality_grade=quality_grade, community_taxon_id=taxon_id, species_guess=name)
         o["taxon"].update(id=taxon_id, name=name, min_species_taxon_id=taxon_id)
+        known = self.taxa.get(taxon_id)
+        if known is not None and known["ancestor_ids"][-1] == taxon_id:  # placed in the tree (add_taxon)
+            o["taxon"].update({k: copy.deepcopy(known[k]) for k in ("rank", "rank_level", "ancestor_ids", "ancestry",
+                                                                      "parent_id", "is_active")})
+            o["taxon"]["min_species_ancestry"] = ",".join(map(str, known["ancestor_ids"]))
         o["user"].update(login=login, login_exact=login, login_autocomplete=login)
         built = [self._photo(spec, login, ext) for spec in photos]
         o["photos"] = built
@@ -195,13 +222,19 @@ class FakeINat:
             return 422, {"error": f"photo_license must be uppercase, got {licenses}", "status": 422}
         wanted = {v.lower() for v in licenses}
         taxon = int(query["taxon_id"][0]) if "taxon_id" in query else None
+        without = {int(v) for v in query.get("without_taxon_id", [""])[0].split(",") if v}
+        if "without_taxon_id" in self.ignored_params:
+            without = set()
         above = int(query.get("id_above", ["0"])[0])
         per_page = int(query.get("per_page", ["30"])[0])
         grade = query.get("quality_grade", [None])[0]
         hits = []
         for oid in sorted(self.observations):
             o = self.observations[oid]
-            if taxon is not None and o["taxon"]["id"] != taxon or grade and o["quality_grade"] != grade:
+            lineage = {o["taxon"]["id"], *(o["taxon"].get("ancestor_ids") or [])}
+            if taxon is not None and taxon not in lineage or grade and o["quality_grade"] != grade:
+                continue
+            if lineage & without:
                 continue
             if wanted and not any((p.get("license_code") or "") in wanted for p in o["photos"]):
                 continue
@@ -219,15 +252,19 @@ class FakeINat:
         must start a word of the name or the common name, so near misses (a subspecies, another
         species of the genus for a one-word q) come back too and the client must pick the exact name."""
         words = query.get("q", [""])[0].lower().split()
+        ranks = {r for r in query.get("rank", [""])[0].split(",") if r}
         results = []
         for t in self.taxa.values():
+            if ranks and t["rank"] not in ranks:
+                continue
             for term in (t["name"], t["preferred_common_name"]):
                 have = term.lower().split()
                 if words and all(any(h.startswith(w) for h in have) for w in words):
                     r = copy.deepcopy(self._search_template)
                     r.update(id=t["id"], name=t["name"], matched_term=term, is_active=t["is_active"],
                              current_synonymous_taxon_ids=t["current_synonymous_taxon_ids"], rank=t["rank"],
-                             rank_level=t["rank_level"], preferred_common_name=t["preferred_common_name"])
+                             rank_level=t["rank_level"], preferred_common_name=t["preferred_common_name"],
+                             ancestor_ids=t["ancestor_ids"], ancestry=t["ancestry"], parent_id=t["parent_id"])
                     results.append(r)
                     break
         return {**self._page_keys, "total_results": len(results), "per_page": 30, "results": results}

@@ -58,9 +58,10 @@ def _with_open_set(tiny_model_folder, root, score="mahalanobis"):
             photos.append(load_image(p, 32))
             labels.append(c)
     out = model.run(np.stack(photos))
-    stats = openset.fit_feature_stats(out["embedding"], np.array(labels), len(names))
+    stats = {**openset.fit_feature_stats(out["embedding"], np.array(labels), len(names)),
+             **openset.fit_rmd_stats(out["embedding"], np.array(labels), len(names), 8)}
     (folder / "open_set").mkdir(exist_ok=True)
-    np.savez(folder / "open_set" / "ptq_int8.npz", **stats)
+    np.savez(folder / "open_set" / "ptq_int8.npz", **openset.stats_for(score, stats))
     scores = openset.unknown_scores({k: v.astype(np.float64) for k, v in out.items()}, 1.3, stats)[score]
     (folder / "open_set.json").write_text(json.dumps({
         "by_format": {"ptq_int8": {"score": score, "threshold": float(np.quantile(scores, 0.9)), "unknown_recall": 0.95,
@@ -131,6 +132,30 @@ const stats = {dim: L.dim, classes: L.classes, layout: L.whiten_layout,
 console.log(JSON.stringify(input.queries.map((q) => mahalanobis(q, stats))));
 """, {"data": __import__("base64").b64encode(data).decode(), "layout": layout, "queries": queries.tolist()})
     np.testing.assert_allclose(got, openset.mahalanobis(queries, stats), rtol=1e-12)
+
+
+def test_openset_binary_gives_predicts_relative_mahalanobis(tmp_path):
+    """The page's relative Mahalanobis score (decision.relMahalanobis on openset.bin read by
+    decision.readStats) is predict.py's openset.relative_mahalanobis, class without photos included."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(80, 40)) + 3.0
+    y = np.repeat(np.arange(4), 20)
+    y[y == 3] = 0                                              # class 3 has no photo: NaN mean, skipped
+    stats = openset.fit_rmd_stats(x, y, 4, dim=12)
+    data, layout = openset_binary(stats, "rel_mahalanobis")
+    assert layout["kind"] == "rel_mahalanobis" and layout["k"] == 12 and len(data) == layout["bytes"]
+    queries = np.concatenate([rng.normal(size=(4, 40)) + 3.0, x[:3]]).astype(np.float32).astype(np.float64)
+    got = run_node("""
+import {readStats, relMahalanobis, unknownScore} from './decision.js';
+const buf = Buffer.from(input.data, 'base64');
+const st = readStats(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.length), input.layout);
+console.log(JSON.stringify([input.queries.map((q) => relMahalanobis(q, st)),
+  input.queries.map((q) => unknownScore('rel_mahalanobis', {logits: [0, 0, 0, 0], embedding: q}, 1.0, st))]));
+""", {"data": __import__("base64").b64encode(data).decode(), "layout": layout, "queries": queries.tolist()})
+    expected = openset.relative_mahalanobis(queries, stats)
+    np.testing.assert_allclose(got[0], expected, rtol=1e-9, atol=1e-9)
+    assert got[1] == got[0]
+    assert expected[4:].mean() < expected[:4].mean()      # training photos look more familiar than noise
 
 
 # --- the verdict rules: decision.js vs advice.advise ------------------------------------------------------

@@ -124,3 +124,40 @@ def test_manifest_rows_of_unselected_species_are_ignored(data_dir):
     names = dataset.class_names(cfg, rows)
     assert names == ["Amanita muscaria", "Boletus edulis"]
     assert len(dataset.split_dataset(cfg, data_dir, "test", names, rows)) == 6
+
+
+def test_outlier_exposure_photos_train_towards_the_uniform_distribution(data_dir):
+    """Photos of a species in neither the table nor evaluation_species (what download_data.py
+    fetches as exposure) join the training batches with a uniform target and the exposure weight;
+    known photos keep their one-hot target and weight 1; val and test never get them."""
+    from mushroom.manifest import write_manifest
+
+    rows = read_manifest(manifest_path(data_dir))
+    for r in rows:
+        if r["species"] == "Hypholoma fasciculare":
+            r["species"] = "Otherus fungus"                 # not in config.yaml: downloaded exposure
+    write_manifest(manifest_path(data_dir), rows)
+    cfg = tiny_cfg("data.species_subset=[Amanita muscaria, Boletus edulis]", "open_set.exposure_weight=0.25",
+                   "train.batch_size=50")
+    names = dataset.class_names(cfg, rows)
+    assert names == ["Amanita muscaria", "Boletus edulis"]
+    paths, species = dataset.exposure_examples(cfg, rows, names, data_dir)
+    assert len(paths) == 12 and set(species) == {"Otherus fungus"}      # every split: never evaluated
+    train = dataset.split_dataset(cfg, data_dir, "train", names, rows, exposure=True)
+    assert len(train) == 12 and len(train.exposure_paths) == 12
+    (x, y, w), = [tuple(t.numpy() for t in batch) for batch in train.dataset]
+    assert x.shape[0] == 24
+    other = w == 0.25
+    assert other.sum() == 12 and np.all(w[~other] == 1.0)
+    np.testing.assert_allclose(y[other], 0.5)                            # uniform over the two classes
+    assert set(map(tuple, y[~other])) == {(1.0, 0.0), (0.0, 1.0)}
+    # the loss Keras computes on them is the outlier-exposure loss: logsumexp(z) - mean(z)
+    z = np.array([[2.0, -1.0]])
+    ce = float(tf.keras.losses.categorical_crossentropy(np.array([[0.5, 0.5]]), tf.nn.softmax(z))[0])
+    assert ce == pytest.approx(float(np.log(np.exp(z).sum()) - z.mean()), rel=1e-5)
+    # without the flag, or with weight 0, nothing changes; val never has exposure photos
+    assert len(list(dataset.split_dataset(cfg, data_dir, "train", names, rows).dataset)[0]) == 2
+    off = tiny_cfg("data.species_subset=[Amanita muscaria, Boletus edulis]", "open_set.exposure_weight=0")
+    assert dataset.exposure_examples(off, rows, names, data_dir) == ([], [])
+    val = dataset.split_dataset(cfg, data_dir, "val", names, rows, exposure=True)
+    assert not val.exposure_paths and len(list(val.dataset)[0]) == 2

@@ -64,10 +64,12 @@ def fake():
 
 
 def make_cfg(api_url: str, *overrides: str):
-    """Two known species and no unknown ones, unless an override says otherwise."""
+    """Two known species, no unknown ones and no exposure photos (tests/test_download_exposure.py),
+    unless an override says otherwise."""
     return load_config(None, [
         "wandb.mode=disabled", f"data.api_base_url={api_url}",
         "data.species_subset=[Amanita muscaria, Boletus edulis]", "open_set.unknown_species=[]",
+        "open_set.exposure_download=0",
         "data.max_photos_per_species=6", "data.max_photos_per_observation=2", "data.per_page=2",
         # The schema lets a loopback server go faster than iNaturalist's 1 request/s.
         "data.requests_per_second=500", "data.requests_per_minute=30000",
@@ -77,7 +79,7 @@ def make_cfg(api_url: str, *overrides: str):
 def cli_args(api_url: str, *overrides: str) -> list[str]:
     out = []
     for ov in ["data.api_base_url=" + api_url, "data.species_subset=[Amanita muscaria, Boletus edulis]",
-               "open_set.unknown_species=[]",
+               "open_set.unknown_species=[]", "open_set.exposure_download=0",
                "data.max_photos_per_species=6", "data.max_photos_per_observation=2", "data.per_page=2",
                "data.requests_per_second=500", "data.requests_per_minute=30000", "data.retry_backoff_s=0.01",
                "data.max_retries=2", "data.download_workers=3", "wandb.mode=disabled", *overrides]:

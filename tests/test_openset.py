@@ -87,3 +87,54 @@ def test_threshold_flags_at_least_the_target_share():
     assert t == 5.0 and np.mean(s >= t) == 0.95
     with pytest.raises(ValueError, match="no unknown-val photos"):
         openset.fit_threshold([], 0.95)
+
+
+def test_three_way_partition_spreads_dangerous_species_and_keeps_the_two_way_split_at_zero():
+    names = [f"s{i:02d}" for i in range(30)]
+    dangerous = [i % 5 == 0 for i in range(30)]           # six dangerous species
+    exposure, val, test = openset.partition_unknown_species(names, dangerous, 0.34, 0.5, seed=3)
+    assert len(exposure) == 10 and len(val) == 10 and len(test) == 10
+    assert set(exposure) | set(val) | set(test) == set(names)
+    assert not (set(exposure) & set(val) or set(exposure) & set(test) or set(val) & set(test))
+    for part in (exposure, val, test):                     # two dangerous species in each
+        assert sum(dangerous[names.index(n)] for n in part) == 2
+    assert openset.partition_unknown_species(names, dangerous, 0.0, 0.5, 3) == \
+        ([], *openset.split_unknown_species(names, dangerous, 0.5, 3))
+    # fit and measure always keep a species each
+    assert [len(p) for p in openset.partition_unknown_species(["a", "b", "c"], [0, 0, 1], 0.8, 0.5, 0)] == [1, 1, 1]
+
+
+def test_relative_mahalanobis_removes_what_every_photo_shares():
+    """Photos far from the training photos in a direction every class shares (a brighter camera)
+    stay familiar under relative Mahalanobis; a photo off every class's cluster does not."""
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(3, 20)) * 3
+    x = np.concatenate([m + rng.normal(size=(40, 20)) for m in means])
+    y = np.repeat(np.arange(3), 40)
+    stats = openset.fit_rmd_stats(x, y, 3, dim=10)
+    assert stats["rmd_components"].shape == (20, 10) and stats["rmd_means"].shape == (3, 10)
+    # the definition, written out: PCA of the L2-normalised embeddings, class minus background distance
+    q = np.concatenate([means + rng.normal(size=(3, 20)), rng.normal(size=(3, 20)) * 3])
+    xn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    z = (xn - stats["rmd_centre"].astype(np.float64)) @ stats["rmd_components"].astype(np.float64)
+    w, wb = stats["rmd_whiten"].astype(np.float64), stats["rmd_whiten_bg"].astype(np.float64)
+    d = np.stack([(((z - m) @ w) ** 2).sum(1) for m in stats["rmd_means"].astype(np.float64)], 1).min(1)
+    bg = (((z - stats["rmd_mean_bg"].astype(np.float64)) @ wb) ** 2).sum(1)
+    got = openset.relative_mahalanobis(q, stats)
+    np.testing.assert_allclose(got, d - bg, rtol=1e-8, atol=1e-8)
+    assert got[:3].max() < got[3:].min()                  # photos of the classes score below the others
+    assert "rel_mahalanobis" in openset.unknown_scores({"probs": np.full((1, 3), 1 / 3), "embedding": q[:1]},
+                                                      None, stats)
+    assert set(openset.stats_for("rel_mahalanobis", stats)) == {k for k in stats if k.startswith("rmd_")}
+
+
+def test_species_fold_auroc_averages_over_folds_of_species():
+    rng = np.random.default_rng(0)
+    known = rng.normal(size=50)
+    # species a..e: a and b easy to tell from the known photos, the others not
+    species = [s for s in "abcde" for _ in range(20)]
+    unknown = np.concatenate([rng.normal(size=20) + (3 if s in "ab" else 0) for s in "abcde"])
+    cv = openset.species_fold_auroc(unknown, species, known, seed=0, folds=5)
+    per_species = [openset.auroc(unknown[np.array(species) == s], known) for s in "abcde"]
+    assert sorted(cv["folds"]) == sorted(per_species) and cv["mean"] == pytest.approx(np.mean(per_species))
+    assert cv["std"] > 0.1

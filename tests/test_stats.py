@@ -154,3 +154,24 @@ def test_a_consistent_loss_is_significant_and_paired_intervals_are_narrower():
     # unpaired, the two top-1 intervals overlap: only pairing shows the loss
     a, b = interval(d_ref["top1"], 0.95), interval(d_fmt["top1"], 0.95)
     assert b[1] > a[0] and hi - lo < (a[1] - a[0])
+
+
+def test_weighted_auroc_with_unit_weights_is_the_auroc_and_species_intervals_hold_it():
+    from mushroom import openset
+    from mushroom.stats import open_set_intervals, weighted_auroc
+
+    rng = np.random.default_rng(0)
+    known = np.round(rng.normal(size=40), 1)
+    # ten species of six photos, each species its own offset (photos of one species look alike); ties on purpose
+    unknown = np.round(np.repeat(rng.normal(1.0, 1.0, size=10), 6) + 0.3 * rng.normal(size=60), 1)
+    assert weighted_auroc(np.ones((1, 60)), unknown, np.ones((1, 40)), known)[0] == pytest.approx(
+        openset.auroc(unknown, known))
+    species = [f"s{i // 6}" for i in range(60)]
+    ci = open_set_intervals(known, list(range(40)), unknown, species, 0.5, 0.95, 500, 0,
+                            unknown_edible=np.zeros(60, bool))
+    assert ci["auroc"][0] < openset.auroc(unknown, known) < ci["auroc"][1]
+    assert ci["flagged"][0] <= np.mean(unknown >= 0.5) <= ci["flagged"][1]
+    assert ci["kept"][0] <= np.mean(known < 0.5) <= ci["kept"][1] and ci["verdict_edible"] == [0.0, 0.0]
+    # resampled by species, the interval is wider than if the sixty photos were independent
+    by_photo = open_set_intervals(known, list(range(40)), unknown, list(range(60)), None, 0.95, 500, 0)
+    assert ci["auroc"][1] - ci["auroc"][0] > by_photo["auroc"][1] - by_photo["auroc"][0]

@@ -2,7 +2,7 @@
 // predict.py's decision (decision.js) on predict.py's pixels (preprocess.js), offline after the
 // first visit (sw.js). window.mushroomApp exposes the state for the browser tests and the benchmark.
 import {loadLiteRt, loadAndCompile, supportsFeature, Tensor} from './litert.js';
-import {answerFind, checkOutputs, dequantize, quantizeInput, validateBundle, VERDICT_TEXT} from './decision.js';
+import {answerFind, checkOutputs, dequantize, quantizeInput, readStats, validateBundle, VERDICT_TEXT} from './decision.js';
 import {resizeWithPad} from './preprocess.js';
 
 const $ = (id) => document.getElementById(id);
@@ -18,14 +18,6 @@ function showError(text) {
 }
 
 // --- the model ---------------------------------------------------------------------------------------
-function readStats(buffer, layout) {
-  const {dim, classes, offsets} = layout;
-  return {dim, classes, layout: layout.whiten_layout,
-    mw: new Float64Array(buffer, offsets.mw, classes * dim),
-    mwNorm: new Float64Array(buffer, offsets.mw_norm, classes),
-    whiten: new Float32Array(buffer, offsets.whiten, (layout.bytes - offsets.whiten) / 4)};
-}
-
 async function fetchOk(url) {
   const r = await fetch(url);
   if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);

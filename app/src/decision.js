@@ -148,6 +148,64 @@ export function mahalanobis(embedding, stats) {
   return best;
 }
 
+// openset.relative_mahalanobis on the float32 arrays of openset.bin (app._rmd_binary), in float64:
+// project the L2-normalised embedding, then min over classes of |zW|^2 - 2 zW.mW + |mW|^2 (classes
+// without training photos skipped), minus the squared norm of (z - background mean) W_bg.
+export function relMahalanobis(embedding, st) {
+  const {dim: D, k} = st;
+  let n2 = 0;
+  for (let i = 0; i < D; i++) n2 += embedding[i] * embedding[i];
+  const norm = Math.max(Math.sqrt(n2), EPS);
+  const z = new Float64Array(k);
+  for (let i = 0; i < D; i++) {
+    const xi = embedding[i] / norm - st.centre[i];
+    const row = i * k;
+    for (let j = 0; j < k; j++) z[j] += xi * st.components[row + j];
+  }
+  const times = (v, W) => {            // v (k) times W (k x k, row-major)
+    const out = new Float64Array(k);
+    for (let i = 0; i < k; i++) {
+      const vi = v[i];
+      for (let j = 0; j < k; j++) out[j] += vi * W[i * k + j];
+    }
+    return out;
+  };
+  const zw = times(z, st.whiten);
+  let zz = 0;
+  for (let j = 0; j < k; j++) zz += zw[j] * zw[j];
+  let best = Infinity;
+  for (let c = 0; c < st.classes; c++) {
+    const mean = st.means.subarray(c * k, (c + 1) * k);
+    if (!mean.every(Number.isFinite)) continue;
+    const mw = times(mean, st.whiten);
+    let dot = 0, mm = 0;
+    for (let j = 0; j < k; j++) { dot += zw[j] * mw[j]; mm += mw[j] * mw[j]; }
+    const d = Math.max(zz - 2 * dot + mm, 0);
+    if (d < best) best = d;
+  }
+  const zc = z.map((v, j) => v - st.mean_bg[j]);
+  const zb = times(zc, st.whiten_bg);
+  let bg = 0;
+  for (let j = 0; j < k; j++) bg += zb[j] * zb[j];
+  return best - bg;
+}
+
+// openset.bin as model.json's open_set.stats lays it out (app.openset_binary), for the score's kind.
+export function readStats(buffer, layout) {
+  if (layout.kind === 'rel_mahalanobis') {
+    const st = {kind: layout.kind, dim: layout.dim, k: layout.k, classes: layout.classes};
+    for (const [name, {offset, shape}] of Object.entries(layout.arrays)) {
+      st[name] = new Float32Array(buffer, offset, shape.reduce((a, b) => a * b, 1));
+    }
+    return st;
+  }
+  const {dim, classes, offsets} = layout;
+  return {kind: 'mahalanobis', dim, classes, layout: layout.whiten_layout,
+    mw: new Float64Array(buffer, offsets.mw, classes * dim),
+    mwNorm: new Float64Array(buffer, offsets.mw_norm, classes),
+    whiten: new Float32Array(buffer, offsets.whiten, (layout.bytes - offsets.whiten) / 4)};
+}
+
 export function unknownScore(name, outputs, temperature, stats) {
   const t = temperature || 1.0;
   if ((name === 'energy' || name === 'max_logit') && !outputs.logits) {
@@ -160,6 +218,12 @@ export function unknownScore(name, outputs, temperature, stats) {
   if (name === 'mahalanobis') {
     if (!stats || !outputs.embedding) throw new Error('the Mahalanobis score needs the embedding and openset.bin');
     return mahalanobis(outputs.embedding, stats);
+  }
+  if (name === 'rel_mahalanobis') {
+    if (!stats || stats.kind !== 'rel_mahalanobis' || !outputs.embedding) {
+      throw new Error('the relative Mahalanobis score needs the embedding and openset.bin');
+    }
+    return relMahalanobis(outputs.embedding, stats);
   }
   throw new Error(`unknown score ${name}`);
 }
@@ -192,8 +256,10 @@ export function bundleProblems(b) {
     if (finite(os.threshold) && finite(os.edible_threshold) && os.edible_threshold > os.threshold) {
       problems.push('the edible threshold is looser than the unknown-species threshold');
     }
-    if (!['msp', 'energy', 'max_logit', 'mahalanobis'].includes(os.score)) {
+    if (!['msp', 'energy', 'max_logit', 'mahalanobis', 'rel_mahalanobis'].includes(os.score)) {
       problems.push(`unknown unknown-species score ${os.score === undefined ? 'None' : `'${os.score}'`}`);
+    } else if (['mahalanobis', 'rel_mahalanobis'].includes(os.score) && (os.stats === null || typeof os.stats !== 'object' || Array.isArray(os.stats))) {
+      problems.push(`no statistics for the ${os.score} score`);
     }
   }
   const cfg = b.predict || {};
@@ -387,6 +453,11 @@ export function advise(probsIn, bundle, unknown = null, image = null) {
       }
     }
     reasons.push('Do not eat this mushroom: the model is not certain enough to call it edible.');
+  }
+  if (unknown !== null && unknown.worst_photo_score == null && (verdict === 'unknown' || rules.includes('unknown_margin'))) {
+    // advice._more_photos_sentence: one photo, flagged or just short of the edible limit
+    const views = [...new Set(order.slice(0, 2).map((i) => classes[i].views))];
+    reasons.push(`Take more photos of this same mushroom and answer them together as one find (predict.py --one-mushroom, or more photos on the page): show ${views.join('; and ')}.`);
   }
   if (unknown === null) {
     rules.push('no_unknown_check');
