@@ -188,6 +188,8 @@ SCHEMA: dict = {
         "bootstrap_samples": Type(int, low=100),
         # Share of the resampled values an interval holds (0.95: the 2.5th to 97.5th percentile).
         "confidence": Type(float, low=0.5, high=0.999),
+        # The formats evaluate.py evaluates when --formats is not given; null = every one present.
+        "formats": Optional(ListOf(Choice("keras", *EXPORT_FORMATS), unique=True)),
     },
     "predict": {
         "top_k": Type(int, low=1, high=20),

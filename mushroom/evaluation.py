@@ -233,7 +233,7 @@ def _open_set_entry(cfg: Config, choice: _ModelChoices, species: list[Species], 
         if wanted != "auto" and wanted not in names:
             raise UserError(f"open_set.score is {wanted}, which this model's files cannot give (they give "
                             f"{', '.join(names)}): choose one of those or auto")
-        choice.score = openset.choose_score({s: v["mean"] for s, v in auroc_cv.items()}) if wanted == "auto" else wanted
+        choice.score = openset.choose_score(auroc_cv) if wanted == "auto" else wanted
     name = choice.score
     recall = cfg.predict.unknown_recall
     threshold = openset.fit_threshold(scores["unknown_val"][name], recall)
@@ -345,9 +345,10 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
             + (f"; {len(ops.exposure_species)} more were outlier exposure in training (not evaluated)"
                if ops.exposure_species else ""))
     files = ModelFolder(folder).files()
-    wanted = [f for f in (formats or FORMATS) if f in files]
+    wanted = [f for f in (formats or cfg.evaluate.formats or FORMATS) if f in files]
     if not wanted:
-        raise UserError(f"{folder} has none of the formats {', '.join(formats or FORMATS)}: run quantize_qat.py first")
+        raise UserError(f"{folder} has none of the formats {', '.join(formats or cfg.evaluate.formats or FORMATS)}: "
+                        "run quantize_qat.py first")
     threads = cfg.evaluate.threads
     entries = []
     arrays = {"labels": test.labels, "class_names": class_names, "rows": test.rows, "probs": {}, "open_set": {},
@@ -454,6 +455,7 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
     written.write_open_set({
         "by_format": records, "reference_format": reference_format([f for f in FORMATS if f in records] or [reference]),
         "fusion": choice.fusion, "unknown_val_species": ops.val_species, "unknown_test_species": ops.test_species,
+        "exposure_species": ops.exposure_species,
         "fitted_on": "unknown-val species (threshold), val (temperature)"} if records else None, stats_files,
         replace=wanted if merging else None)
     return entries, arrays

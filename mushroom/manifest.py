@@ -25,7 +25,7 @@ COLUMNS = ("photo_id", "observation_id", "taxon_id", "species", "split", "path",
 SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "manifest.csv"
 # A species' role in an experiment, decided by the config (never stored in the manifest).
-KNOWN, UNKNOWN, UNUSED = "known", "unknown", "unused"
+KNOWN, UNKNOWN, UNUSED, EXPOSURE = "known", "unknown", "unused", "exposure"
 
 
 def manifest_path(data_dir: str | os.PathLike) -> Path:

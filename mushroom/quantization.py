@@ -313,12 +313,18 @@ def enforce_agreement(results: dict, min_agreement: float) -> None:
 
 
 # --- the stage -------------------------------------------------------------------------------
-def _exposure_images(cfg, data_dir, class_names: list[str], size: int) -> np.ndarray:
-    """The outlier-exposure photos the float model trained with (dataset.exposure_examples)."""
+def _exposure_images(cfg, data_dir, class_names: list[str], size: int, limit: int, seed: int) -> np.ndarray:
+    """A seeded subset of at most `limit` of the outlier-exposure photos the float model trained
+    with (dataset.exposure_examples). The QAT fine-tune (one epoch at a 60x smaller rate) only has to
+    keep what the float training learnt, not learn it again, and its cost grows with every photo (the
+    demo's two QAT fine-tunes, side by side: 148 s and 196 s with all 238 exposure photos, 127 s and
+    130 s without any)."""
     from mushroom.dataset import exposure_examples
     from mushroom.images import load_image
 
     paths, _ = exposure_examples(cfg, read_manifest(manifest_path(data_dir)), class_names, data_dir)
+    if len(paths) > limit:
+        paths = [paths[i] for i in np.sort(np.random.default_rng(seed).choice(len(paths), limit, replace=False))]
     if not paths:
         return np.zeros((0, size, size, 3), np.uint8)
     return np.stack([load_image(p, size) for p in paths])
@@ -355,7 +361,7 @@ def quantize_model_folder(cfg, model_folder: str | os.PathLike, data_dir: str | 
             log(f"QAT model: reusing {qat_file}")
             qat = load_qat_model(model, qat_file)
         else:
-            exposure = _exposure_images(cfg, data_dir, class_names, size)
+            exposure = _exposure_images(cfg, data_dir, class_names, size, limit=len(train_x) // 2, seed=seed)
             log(f"QAT fine-tune: {qcfg.qat_epochs} epoch(s) at lr {qcfg.qat_learning_rate} on {len(train_x)} training images"
                 + (f" and {len(exposure)} outlier-exposure photos (weight {cfg.open_set.exposure_weight:g})"
                    if len(exposure) else ""))

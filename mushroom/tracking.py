@@ -153,14 +153,17 @@ def finish(run, exit_code: int = 0) -> None:
 
 def dataset_stats(cfg: Config, report: IngestReport) -> tuple[dict, list[list]]:
     """(scalars, table rows) of a download or import: photos in all, per split and per role (known /
-    unknown, as this config sees them), and [species, role, train, val, test] per species."""
+    unknown / exposure, as this config sees them), and [species, role, train, val, test] per species."""
     from collections import Counter
 
-    from mushroom.manifest import SPLITS, UNUSED, species_roles
+    from mushroom.manifest import EXPOSURE, SPLITS, UNUSED, species_roles
+    from mushroom.species import graded_species
 
     rows = report.rows
     roles = species_roles(cfg)
-    role_of = {r["species"]: roles.get(r["species"], UNUSED) for r in rows}
+    graded = {s.name for s in graded_species(cfg)}
+    # a species in neither table is a downloaded exposure species (outlier exposure in training)
+    role_of = {r["species"]: roles.get(r["species"], UNUSED if r["species"] in graded else EXPOSURE) for r in rows}
     per_split = Counter(r["split"] for r in rows)
     per_role = Counter(role_of[r["species"]] for r in rows)
     scalars = {"photos": len(rows), "added": report.added.total(),

@@ -249,3 +249,17 @@ def test_evaluating_some_formats_keeps_the_others_thresholds_and_temperatures(ev
     for fmt in ("float32", "ptq_int8"):
         forager = Forager.load(cfg, str(folder / "tflite" / f"{fmt}.tflite"))
         assert forager.missing() == [] and forager.temperature == after_t["by_format"][fmt]
+
+
+def test_config_formats_choose_what_is_evaluated_and_the_float32_file_is_then_the_reference(tiny_model_folder, tmp_path):
+    import copy
+
+    t = tiny_model_folder
+    cfg = copy.deepcopy(t["cfg"])
+    cfg["evaluate"]["formats"] = ["float32", "ptq_int8"]
+    folder = tmp_path / "models" / t["folder"].name
+    shutil.copytree(t["folder"], folder)
+    entries, _ = evaluate_all(cfg, [folder], t["data_dir"], tmp_path / "reports", log=lambda s: None)
+    assert [e["format"] for e in entries] == ["float32", "ptq_int8"]
+    assert {e["reference_format"] for e in entries} == {"float32"} and entries[0]["delta_top1"] == 0.0
+    assert set(json.loads((folder / "open_set.json").read_text())["by_format"]) == {"float32", "ptq_int8"}

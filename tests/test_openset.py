@@ -46,9 +46,19 @@ def test_auroc_counts_ties_half_and_matches_the_rank_definition():
     assert np.isnan(openset.auroc([], [1.0]))
 
 
-def test_choose_score_takes_the_best_and_ties_go_to_the_simplest():
+def test_choose_score_takes_the_best_and_ties_go_to_the_preferred():
     assert openset.choose_score({"msp": 0.7, "energy": 0.8, "mahalanobis": float("nan")}) == "energy"
     assert openset.choose_score({"mahalanobis": 0.7, "msp": 0.7}) == "msp"
+    assert openset.choose_score({"rel_mahalanobis": 0.7, "msp": 0.7}) == "rel_mahalanobis"
+
+
+def test_choose_score_by_species_folds_keeps_the_preferred_within_one_standard_error():
+    fold = lambda mean, std: {"mean": mean, "std": std, "folds": [mean] * 4}
+    # msp's 0.748 +- 0.08 over four folds (standard error 0.04) does not beat relative Mahalanobis' 0.738
+    assert openset.choose_score({"msp": fold(0.748, 0.08), "rel_mahalanobis": fold(0.738, 0.05)}) == "rel_mahalanobis"
+    # a clear lead does
+    assert openset.choose_score({"msp": fold(0.85, 0.02), "rel_mahalanobis": fold(0.738, 0.05)}) == "msp"
+    assert openset.choose_score({"energy": fold(0.8, 0.0), "max_logit": fold(0.79, 0.0)}) == "energy"
 
 
 def test_unknown_species_split_is_disjoint_seeded_and_spreads_the_dangerous_ones():

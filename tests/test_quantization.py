@@ -344,3 +344,26 @@ def test_saved_model_conversion_gives_what_the_keras_converter_gives(tmp_path):
         assert a.keys() == b.keys() == {"probs", "logits", "embedding"}
         for role in a:
             np.testing.assert_array_equal(a[role], b[role])
+
+
+def test_qat_fine_tune_trains_exposure_photos_towards_the_uniform_answer(quantized):
+    """The exposure loss reaches the QAT model: at a rate high enough to move in a few steps, the
+    fine-tune with photos of other species (here: the known photos turned upside down and
+    colour-inverted, which no class looks like) leaves those photos less confident than the same
+    fine-tune without them."""
+    from mushroom.modelio import load_model_folder
+    from mushroom.quantization import load_split, qat_finetune
+
+    cfg, folder, data_dir, _ = quantized
+    model, _ = load_model_folder(folder)
+    x, y, _ = load_split(data_dir, "train", SPECIES, SIZE)
+    other = (255 - x[:, ::-1]).astype(np.uint8)
+    qcfg = dict(cfg.quantize, qat_learning_rate=3e-3, qat_epochs=3)
+    qcfg = type(cfg.quantize)(qcfg)
+    plain = qat_finetune(model, x, y, qcfg, batch_size=8, verbose=0)
+    exposed = qat_finetune(model, x, y, qcfg, batch_size=8, verbose=0, exposure=other, exposure_weight=2.0)
+    sure = lambda m: float(m.predict(other.astype("float32"), verbose=0).max(1).mean())
+    assert sure(exposed) < sure(plain) - 0.05
+    # and the known photos stay more confident than the others: the fine-tune separates the two
+    known = float(exposed.predict(x.astype("float32"), verbose=0).max(1).mean())
+    assert known > sure(exposed) + 0.05

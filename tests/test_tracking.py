@@ -101,13 +101,15 @@ def test_dataset_counts_known_and_unknown_photos(clean_env, monkeypatch, tmp_pat
     rows = [{"species": sp, "split": split} for sp, split in [
         ("Boletus edulis", "train"), ("Boletus edulis", "train"), ("Amanita muscaria", "val"),
         ("Galerina marginata", "test"), ("Galerina marginata", "train"),
-        ("Coprinus comatus", "train")]]  # left in the manifest by an earlier run, unused by this config
+        ("Coprinus comatus", "train"),   # left in the manifest by an earlier run, unused by this config
+        ("Russula emetica", "val")]]     # in neither table: a downloaded exposure photo
     report = IngestReport(tmp_path, "observation", rows=rows, added=Counter({"Boletus edulis": 2, "Galerina marginata": 1}))
     scalars, table = tracking.dataset_stats(cfg, report)
-    assert scalars == {"photos": 6, "added": 3, "species": 4, "photos_train": 4, "photos_val": 1, "photos_test": 1,
-                       "photos_known": 3, "photos_unknown": 2, "photos_unused": 1}
+    assert scalars == {"photos": 7, "added": 3, "species": 5, "photos_train": 4, "photos_val": 2, "photos_test": 1,
+                       "photos_known": 3, "photos_unknown": 2, "photos_unused": 1, "photos_exposure": 1}
     assert table == [["Amanita muscaria", "known", 0, 1, 0], ["Boletus edulis", "known", 2, 0, 0],
-                     ["Coprinus comatus", "unused", 1, 0, 0], ["Galerina marginata", "unknown", 1, 0, 1]]
+                     ["Coprinus comatus", "unused", 1, 0, 0], ["Galerina marginata", "unknown", 1, 0, 1],
+                     ["Russula emetica", "exposure", 0, 1, 0]]
     monkeypatch.chdir(tmp_path)  # the download run writes ./wandb, as download_data.py does
     tracking.log_dataset(cfg, report)
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1
