@@ -4,7 +4,7 @@
     python benchmarks/imported_ptq.py                      # 160 real photos from ../shared, 224 px
     python benchmarks/imported_ptq.py --photos 400 --size 128
 
-The checkpoint of ../shared/weights was trained in float, then quantized: its weights sit on an int8
+The checkpoint of weights/ was trained in float, then quantized: its weights sit on an int8
 grid already. Imported into Keras (float) with its ImageNet classifier and quantized again by this
 project's PTQ conversion, the int8 file should agree with its float model almost everywhere; a
 float-trained backbone loses more. Prints top-1 agreement (ImageNet's 1001 classes) of the PTQ
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mushroom.config import PROJECT_ROOT  # noqa: E402
 
-CHECKPOINT = PROJECT_ROOT.parent / "shared" / "weights" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
+CHECKPOINT = PROJECT_ROOT / "weights" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"   # shipped with the project
 PHOTOS = PROJECT_ROOT.parent / "shared" / "data" / "fungi128"
 
 

@@ -103,15 +103,16 @@ def model_names() -> list[str]:
 def _weights_arg(name: str, weights: str | None):
     if weights in (None, "imagenet"):
         return weights
-    from pathlib import Path
-
     if str(weights).endswith(".tflite") and name != "mobilenet_v2":
         raise UserError(f"model.weights {weights} is a .tflite checkpoint, which only mobilenet_v2 can import; "
                         f"{name} needs a Keras weights file, 'imagenet' or null")
-    if not Path(weights).expanduser().is_file():
+    from mushroom.tflite_weights import resolve_weights_path
+
+    path = resolve_weights_path(weights)
+    if not path.is_file():
         raise UserError(f"model.weights file {weights} does not exist: give a Keras weights file (or, for "
                         "mobilenet_v2, a .tflite checkpoint), 'imagenet' or null")
-    return str(Path(weights).expanduser())
+    return str(path)
 
 
 def build_model(name: str, num_classes: int, image_size: int, weights: str | None = None,

@@ -27,6 +27,7 @@ from mushroom.errors import UserError
 from mushroom.fileio import write_json
 from mushroom.manifest import manifest_path, read_manifest
 from mushroom.modelio import ModelFolder, baseline_is_stage1
+from mushroom.tflite_weights import resolve_weights_path, verify_checkpoint
 
 # Any Keras application weight file: if this answers, ImageNet weights can be downloaded.
 IMAGENET_PROBE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -211,9 +212,11 @@ def run_pipeline(cfg: Config, config_path: str, overrides: list[str], from_folde
     for key in ("model.weights", "baseline.weights"):
         section, name = key.split(".")
         weights = cfg[section][name]
-        if weights not in (None, "imagenet") and not Path(weights).expanduser().is_file():
+        if weights not in (None, "imagenet") and not resolve_weights_path(weights).is_file():
             raise UserError(f"{key} names {weights}, which does not exist: point it at the weights file "
-                            f"(the demo reads ../shared/weights), or set it to imagenet or null")
+                            f"(the demo's is weights/tf2_mobilenet_v2_1.0_224_ptq.tflite), or set it to imagenet or null")
+        if weights not in (None, "imagenet") and str(weights).endswith(".tflite"):
+            verify_checkpoint(resolve_weights_path(weights))   # a truncated file stops here, before any stage
     imagenet = [k for k in ("model.weights", "baseline.weights") if cfg[k.split(".")[0]].weights == "imagenet"]
     if imagenet and not imagenet_reachable():
         overrides += [f"{k}=null" for k in imagenet]

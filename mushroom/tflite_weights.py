@@ -1,10 +1,12 @@
 """Pretrained weights from an int8 .tflite checkpoint, for machines that cannot download Keras' own.
 
-    load_checkpoint(model, "../shared/weights/tf2_mobilenet_v2_1.0_224_ptq.tflite")
+    load_checkpoint(model, "weights/tf2_mobilenet_v2_1.0_224_ptq.tflite")
 
-The only ImageNet weights these (offline) machines have are a post-training-quantized MobileNetV2
-(`../shared/README.md`): int8 kernels with one scale per output channel, batch norm folded into
-the convolutions, the folded bias as int32. Reading it needs only the LiteRT interpreter.
+The only ImageNet weights an offline machine has are a post-training-quantized MobileNetV2, shipped
+in weights/ (Apache-2.0, see weights/README.md): int8 kernels with one scale per output channel,
+batch norm folded into the convolutions, the folded bias as int32. Reading it needs only the LiteRT
+interpreter. A checkpoint this module knows by name (CHECKPOINTS) is checked against its sha256
+before it is read: a truncated or altered file is one clear error, never a model trained on garbage.
 
 How the weights land in a tf_keras MobileNetV2 (every convolution there has no bias and is followed
 by a BatchNormalization):
@@ -30,6 +32,38 @@ import numpy as np
 from mushroom.errors import UserError
 
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
+# Checkpoints known by file name -> sha256 (weights/README.md says where each comes from).
+CHECKPOINTS = {
+    "tf2_mobilenet_v2_1.0_224_ptq.tflite": "5d3137241276e79c86d14a74fe43581398ae0e815191d3dba45495b810840e8c",
+}
+
+
+def resolve_weights_path(weights: str | os.PathLike) -> Path:
+    """A weights path as given (relative to the working directory), else relative to the project
+    root, so `weights/...` in a config works from any directory."""
+    from mushroom.config import PROJECT_ROOT
+
+    path = Path(weights).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    return PROJECT_ROOT / path
+
+
+def verify_checkpoint(path: str | os.PathLike) -> Path:
+    """`path` when it is a file and, if its name is in CHECKPOINTS, has that sha256; else a UserError."""
+    import hashlib
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"weights checkpoint {path} does not exist (config key model.weights)")
+    expected = CHECKPOINTS.get(path.name)
+    if expected is not None:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != expected:
+            raise UserError(f"{path} is not the expected checkpoint (sha256 {digest[:12]}..., expected "
+                            f"{expected[:12]}..., {path.stat().st_size} bytes): it is truncated or altered; restore "
+                            "it from the repository's weights/ folder (git checkout -- weights/)")
+    return path
 
 
 @dataclass(frozen=True)
@@ -55,9 +89,7 @@ def read_checkpoint(path: str | os.PathLike) -> list[ConvWeights]:
     """Every convolution of a quantized .tflite file in execution order, dequantized, Keras layout."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"weights checkpoint {path} does not exist (config key model.weights)")
+    path = verify_checkpoint(resolve_weights_path(path))
     try:
         # Without the default XNNPACK delegate the constant tensors stay readable and every op keeps
         # its own entry in the op list.

@@ -151,14 +151,13 @@ def test_depthwise_kernels_get_one_range_per_channel():
     np.testing.assert_allclose(kmax, np.abs(dw.depthwise_kernel.numpy()).max(axis=(0, 1, 3)), rtol=1e-5)
 
 
-CHECKPOINT = PROJECT_ROOT.parent / "shared" / "weights" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
+CHECKPOINT = PROJECT_ROOT / "weights" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"   # shipped with the project
 
 
 def test_calibrated_ranges_make_the_qat_model_compute_what_the_float_model_does():
     """Fresh tfmot ranges are [-6, 6] and a short fine-tune barely moves them; calibrated from the
     float model's activations, the QAT model's outputs match the float model's (real ImageNet
     weights: random ones give near-zero activations that say nothing)."""
-    need_shared(CHECKPOINT, "the int8 MobileNetV2 ImageNet checkpoint")
     model = build_model("mobilenet_v2", 3, 64, weights=str(CHECKPOINT))
     rng = np.random.default_rng(2)
     photos = sorted((PROJECT_ROOT.parent / "shared" / "data" / "fungi128").rglob("*.jpg"))[::40][:32]

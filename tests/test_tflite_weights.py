@@ -1,4 +1,4 @@
-"""Importing the int8 ImageNet checkpoint of ../shared/weights into the Keras MobileNetV2: the
+"""Importing the int8 ImageNet checkpoint of weights/ into the Keras MobileNetV2: the
 imported float network must compute what the checkpoint computes, on real photos."""
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from mushroom.keras_env import keras
 from mushroom.tflite_weights import checkpoint_classifier, load_checkpoint, read_checkpoint
 from tests.conftest import need_shared
 
-CHECKPOINT = PROJECT_ROOT.parent / "shared" / "weights" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
+CHECKPOINT = PROJECT_ROOT / "weights" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"   # shipped with the project
 PHOTOS = PROJECT_ROOT.parent / "shared" / "data" / "fungi128"
-NEEDS = "the int8 MobileNetV2 ImageNet checkpoint"   # need_shared: skipped without it, failed under CI=true
 
 
 def _checkpoint_logits(images: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
@@ -39,7 +38,6 @@ def _checkpoint_logits(images: np.ndarray) -> tuple[np.ndarray, float, np.ndarra
 
 
 def test_imported_network_reproduces_the_checkpoint_on_real_photos():
-    need_shared(CHECKPOINT, NEEDS)
     paths = sorted(need_shared(PHOTOS, "the fungi128 photos").rglob("*.jpg"))
     assert paths, f"{PHOTOS} holds no .jpg photo"
     paths = paths[:: max(1, len(paths) // 120)]
@@ -71,7 +69,6 @@ def test_imported_network_reproduces_the_checkpoint_on_real_photos():
 
 
 def test_checkpoint_holds_the_keras_convolutions_in_order():
-    need_shared(CHECKPOINT, NEEDS)
     convs = read_checkpoint(CHECKPOINT)
     assert len(convs) == 53   # 52 backbone convolutions, then the 1x1 ImageNet classifier
     assert [c.op for c in convs[:3]] == ["CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D"]
@@ -87,7 +84,6 @@ def test_checkpoint_holds_the_keras_convolutions_in_order():
 
 
 def test_a_checkpoint_of_another_network_is_a_clear_error():
-    need_shared(CHECKPOINT, NEEDS)
     resnet = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3))
     with pytest.raises(UserError, match="convolution"):
         load_checkpoint(resnet, CHECKPOINT)
@@ -102,3 +98,52 @@ def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
         read_checkpoint(fake)
     with pytest.raises(UserError, match="does not exist"):
         read_checkpoint(tmp_path / "nope.tflite")
+
+
+def test_the_shipped_checkpoint_is_verified_and_a_damaged_copy_is_one_clear_error(tmp_path):
+    """weights/ holds the checkpoint the demo starts from; its sha256 is checked on every load, so a
+    truncated download or an altered file stops with one sentence instead of training on garbage."""
+    import hashlib
+
+    from mushroom.tflite_weights import CHECKPOINTS, verify_checkpoint
+
+    assert hashlib.sha256(CHECKPOINT.read_bytes()).hexdigest() == CHECKPOINTS[CHECKPOINT.name]
+    assert (PROJECT_ROOT / "weights" / "LICENSE-google-coral-test_data").is_file()   # Apache-2.0 asks for it
+    assert verify_checkpoint(CHECKPOINT) == CHECKPOINT
+    data = CHECKPOINT.read_bytes()
+    damaged = {"truncated": data[: len(data) // 2], "altered": data[:1000] + bytes([data[1000] ^ 1]) + data[1001:]}
+    for kind, content in damaged.items():
+        bad = tmp_path / kind / CHECKPOINT.name
+        bad.parent.mkdir()
+        bad.write_bytes(content)
+        with pytest.raises(UserError, match="is not the expected checkpoint .* truncated or altered") as err:
+            read_checkpoint(bad)
+        assert "\n" not in str(err.value)
+        with pytest.raises(UserError, match="not the expected checkpoint"):
+            models.build_model("mobilenet_v2", 3, 96, weights=str(bad))
+
+
+def test_a_clone_without_shared_builds_the_demo_model_from_its_own_weights(tmp_path):
+    """The demo's model.weights is a path inside the project: a clone placed where no ../shared
+    exists (and run from another directory) loads and verifies it."""
+    import subprocess
+    import sys
+
+    clone = tmp_path / "elsewhere" / "mushroom-quant"
+    out = subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(PROJECT_ROOT), str(clone)], capture_output=True,
+                         text=True)
+    if out.returncode:
+        pytest.skip(f"this checkout is not a git repository with the weights committed: {out.stderr.strip()}")
+    assert not (clone.parent.parent / "shared").exists()
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); os.chdir('/');"
+            "from mushroom.config import load_config; from mushroom import models;"
+            "cfg = load_config(sys.argv[1] + '/configs/demo.yaml', ['wandb.mode=disabled']);"
+            "m = models.build_model(cfg.model.name, 6, 96, weights=cfg.model.weights);"
+            "print(cfg.model.weights, m.get_layer('bn_Conv1').get_weights()[1][:2])")
+    run = subprocess.run([sys.executable, "-c", code, str(clone)], capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("weights/tf2_mobilenet_v2_1.0_224_ptq.tflite")
+    expected = read_checkpoint(CHECKPOINT)[0].bias[:2]
+    got = np.array([float(v) for v in run.stdout.split("[", 1)[1].rstrip().rstrip("]").split()])
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
