@@ -6,6 +6,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 CONFIG ?= configs/demo.yaml
 DATA ?=
 GROUP ?= date
@@ -18,9 +19,14 @@ $(STAMP): requirements.txt constraints.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
 	touch $(STAMP)
 
+# The test tools (pytest, hypothesis, selenium) come from requirements-dev.txt, on top of the runtime.
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	touch $(DEV_STAMP)
+
 venv: $(STAMP)
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest
 
 # make demo DATA=DIR imports DIR/<Species_name>/*.jpg (grouped by the GROUP column of DIR/manifest.csv) instead of downloading.

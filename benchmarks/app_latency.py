@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mushroom.app import build_app, site_bytes  # noqa: E402
-from mushroom.browser import StaticServer, answer_photos, chromium, load_page, screenshot_360  # noqa: E402
+from tests.browser import StaticServer, answer_photos, chromium, load_page, screenshot_360  # noqa: E402
 from mushroom.config import load_config  # noqa: E402
 from mushroom.prediction import Forager, iter_photos, resolve_model  # noqa: E402
 

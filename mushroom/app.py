@@ -32,8 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from mushroom import openset
-from mushroom.advice import (GRADE_MEANING, JSON_KEYS, REMINDER, RULES, UNKNOWN_EDIBILITY, VERDICTS, look_alike_table,
-                             views_of)
+from mushroom.advice import GRADE_MEANING, REMINDER, UNKNOWN_EDIBILITY, look_alike_table, views_of
 from mushroom.config import PROJECT_ROOT, Config
 from mushroom.errors import UserError
 from mushroom.modelio import ModelFolder, output_role, read_meta, read_temperature
@@ -211,7 +210,6 @@ def rules_bundle(classes: list[Species], table: list[Species], predict_cfg, temp
         "fusion": fusion or "mean",
         "grades": {"edible": list(EDIBLE_GRADES), "dangerous": list(DANGEROUS_GRADES), "meaning": dict(GRADE_MEANING)},
         "text": {"reminder": REMINDER, "unknown_edibility": UNKNOWN_EDIBILITY},
-        "rules": list(RULES), "verdicts": list(VERDICTS), "answer_keys": list(JSON_KEYS),
     }
     if open_set is not None:
         out["open_set"] = {"score": open_set["score"], "threshold": open_set["threshold"],

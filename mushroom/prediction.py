@@ -166,16 +166,10 @@ class Forager:
     def answer(self, photo: Path) -> Answer:
         return self._answer(self.outputs([photo]), str(photo))
 
-    def answer_find(self, photos: list[Path]) -> Answer:
-        """One answer for several photos of one mushroom: their outputs fused (open_set.json's
-        fusion, chosen on validation finds), then calibrated and checked like one photo. One photo
-        gives exactly its single-photo answer."""
-        if not photos:
-            raise UserError("no photos of the find to answer")
-        return self.answer_outputs(self.outputs(photos), [str(p) for p in photos])
-
     def answer_outputs(self, outputs: dict, images: list[str]) -> Answer:
-        """The answer for outputs (one row per photo of one find), fused when there are several."""
+        """The answer for outputs (one row per photo of one find, as `outputs` gives them), fused
+        when there are several (open_set.json's fusion, chosen on validation finds), then calibrated
+        and checked like one photo. One photo gives exactly its single-photo answer."""
         return self._answer(outputs, ", ".join(images))
 
 

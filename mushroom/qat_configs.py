@@ -17,7 +17,6 @@ scaling layers, so `quantize_model` rejects EfficientNetV2. This table fills exa
   (measured, TF 2.21: 5 float32 tensors in each). quantize() therefore annotates the graph of
   models.rebuild_for_int8, where each such layer is two layers of one op each (bit-identical float
   outputs), and each gets this output quantizer: both files are then integer throughout.
-  NoOpQuantizeConfig stays available for layers that must pass through untouched.
 
 Convolutions with swish inside (EfficientNetV2's squeeze-excite reduce convs) are the same problem
 on the registry's side: tfmot quantizes swish only after it is applied, TFLite lowers it to
@@ -121,13 +120,6 @@ class OutputQuantizeConfig(_NoWeightsQuantizeConfig):
         return [_q.quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
 
 
-class NoOpQuantizeConfig(_NoWeightsQuantizeConfig):
-    """Quantize nothing: the layer passes through quantize_apply unchanged."""
-
-    def get_output_quantizers(self, layer):
-        return []
-
-
 # The table: layer type -> QuantizeConfig class. Exact types (like tfmot's registry), no subclasses.
 QUANTIZE_CONFIGS: dict[type, type] = {
     layers.Multiply: OutputQuantizeConfig,
@@ -140,8 +132,7 @@ QUANTIZE_CONFIGS: dict[type, type] = {
 TRANSFORM_HANDLED: tuple[type, ...] = (layers.BatchNormalization,)
 
 # For quantize_scope / load_model: the custom classes a saved QAT model refers to.
-CUSTOM_OBJECTS = {cls.__name__: cls for cls in (OutputQuantizeConfig, NoOpQuantizeConfig, DepthwiseQuantizeConfig,
-                                                DepthwiseWeightsQuantizer)}
+CUSTOM_OBJECTS = {cls.__name__: cls for cls in (OutputQuantizeConfig, DepthwiseQuantizeConfig, DepthwiseWeightsQuantizer)}
 
 
 def registry_supports(layer) -> bool:

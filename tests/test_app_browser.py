@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mushroom.browser import (INSTALL_HINT, StaticServer, answer_photos, chromium, find_browser, load_page,
+from tests.browser import (INSTALL_HINT, StaticServer, answer_photos, chromium, find_browser, load_page,
                               screenshot_360, wait_for)
 from mushroom.config import PROJECT_ROOT, load_config
 from mushroom.images import load_image
@@ -40,7 +40,7 @@ def _missing() -> str | None:
     try:
         import selenium  # noqa: F401
     except ImportError:
-        return "selenium missing (pip install -r requirements.txt -c constraints.txt)"
+        return "selenium missing (pip install -r requirements-dev.txt -c constraints.txt, as make test does)"
     if not (NODE_MODULES / "@litertjs/core").is_dir():
         return "LiteRT.js missing (cd app && npm ci)"
     return None

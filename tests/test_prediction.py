@@ -265,14 +265,15 @@ def test_fused_answer_of_one_photo_is_the_single_answer(tiny_model_folder, folde
     photos = sorted((tiny_model_folder["photos"] / "Boletus_edulis").glob("*.jpg"))[:3]
     for fusion in openset.FUSIONS:
         forager = folder_with_threshold("msp", 0.5, fusion)
-        single, fused = forager.answer(photos[0]).to_json(), forager.answer_find(photos[:1]).to_json()
+        single = forager.answer(photos[0]).to_json()
+        fused = forager.answer_outputs(forager.outputs(photos[:1]), [str(photos[0])]).to_json()
         assert fused == single
         # three photos: the geometric mean (or product) of the calibrated distributions
         out = forager.outputs(photos)
         lp = openset.log_probs(out, forager.temperature)
         combined = lp.mean(0) if fusion == "mean" else lp.sum(0)
         expected = np.exp(combined - np.log(np.exp(combined).sum()))
-        three = forager.answer_find(photos)
+        three = forager.answer_outputs(forager.outputs(photos), [str(p) for p in photos])
         assert three.image == ", ".join(map(str, photos))
         assert three.certainty == pytest.approx(expected.max(), rel=1e-6)
 

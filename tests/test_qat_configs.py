@@ -56,7 +56,6 @@ def test_multiply_and_rescaling_get_only_an_output_quantizer():
             assert quantizer.get_config() == {"num_bits": 8, "per_axis": False, "symmetric": False, "narrow_range": False}
         else:
             assert config is None, layer.name
-    assert qc.NoOpQuantizeConfig().get_output_quantizers(None) == []
 
 
 @pytest.mark.parametrize("name", APPLY_IN_TESTS)
