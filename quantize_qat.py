@@ -1,6 +1,6 @@
 """Quantize trained model folders: QAT fine-tune, every TFLite format, and the agreement check.
 
-    python quantize_qat.py models/demo-efficientnet_v2_b0 --config configs/demo.yaml \
+    python quantize_qat.py models/demo-mobilenet_v2 --config configs/demo.yaml \
         [--set quantize.qat_epochs=1] [--data-dir data] [--force]
 
 With no model folder, every model folder under cfg.paths.models_dir is quantized in turn.

@@ -1,6 +1,6 @@
 """predict.py's cold start (process start to the first answer) and warm time per photo.
 
-    python benchmarks/predict_startup.py --model models/demo-efficientnet_v2_b0/tflite/qat_int8.tflite \
+    python benchmarks/predict_startup.py --model models/demo-mobilenet_v2/tflite/qat_int8.tflite \
         --photos ../shared/data/fungi128/Amanita_muscaria --runs 5
 
 Cold: `python predict.py PHOTO --json` as a fresh process, wall time until it has printed its

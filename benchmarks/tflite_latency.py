@@ -2,7 +2,7 @@
 
     python benchmarks/tflite_latency.py                         # b0 and s at 128 px, m at 224 px
     python benchmarks/tflite_latency.py --models efficientnet_v2_b0:128 --runs 50
-    python benchmarks/tflite_latency.py --model-folder models/demo-efficientnet_v2_b0
+    python benchmarks/tflite_latency.py --model-folder models/demo-mobilenet_v2
 
 Without --model-folder, weights=None models are built and converted on the fly into a temporary
 folder (each conversion in its own child process, as in quantize_qat.py); the int8 files are

@@ -1,8 +1,8 @@
 """Weights & Biases for every script: one run per script (job_type), grouped by experiment.
 
-    run = start_run(cfg, "train", name="demo-efficientnet_v2_b0")
+    run = start_run(cfg, "train", name="demo-mobilenet_v2")
     callback = EpochLogger(run)          # Keras callback: one run.log per epoch
-    log_artifact(run, "models/demo-efficientnet_v2_b0", "demo-efficientnet_v2_b0", "model")
+    log_artifact(run, "models/demo-mobilenet_v2", "demo-mobilenet_v2", "model")
     finish(run)
 
 wandb.mode (config): auto = online when an API key is configured (WANDB_API_KEY, an identity

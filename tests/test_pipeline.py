@@ -94,7 +94,7 @@ def test_a_failing_stage_stops_the_run_and_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr("mushroom.pipeline.plan", lambda *a, **k: [skipped, ok, bad])
     monkeypatch.setattr("mushroom.pipeline.imagenet_reachable", lambda: False)
     with pytest.raises(UserError, match=r"stage 'broken stage' failed \(exit 3\)"):
-        # weights null: the run must not depend on ../shared/weights being on this machine
+        # weights null: the run must not depend on the checkpoint loading here
         run_pipeline(_cfg(tmp_path, "model.weights=null", "baseline.weights=null"), "configs/demo.yaml", [])
     assert skipped.status == "skipped" and bad.status == "failed"
 
