@@ -1,10 +1,10 @@
-"""Regenerate the README's results section from reports/metrics.json (never typed by hand).
+"""Regenerate the results from reports/metrics.json (never typed by hand).
 
     python update_results.py --config configs/demo.yaml
 
-Copies the headline plots (reliability diagrams, unknown-species plots, format deltas with their intervals,
-trade-off chart) to docs/results/ so the README can show them, and replaces the text between the README's
-results markers.
+Copies metrics.json and the headline plots (reliability diagrams, unknown-species plots, format deltas
+with their intervals, trade-off chart) to docs/results/, replaces the full tables between the results
+markers of docs/results.md, and the short table between the summary markers of README.md.
 """
 import argparse
 import shutil
@@ -15,7 +15,8 @@ from mushroom import cli
 from mushroom.config import PROJECT_ROOT, parse
 from mushroom.errors import UserError
 from mushroom.evaluation import read_metrics
-from mushroom.reporting import results_block, update_readme
+from mushroom.reporting import (README_BEGIN, README_END, SUMMARY_BEGIN, SUMMARY_END, results_block, results_summary,
+                                update_readme)
 
 DOCS = PROJECT_ROOT / "docs" / "results"
 
@@ -34,10 +35,13 @@ def main(argv=None) -> int:
         if plot.is_file():
             shutil.copy(plot, DOCS / plot.name)
     shutil.copy(reports / "metrics.json", DOCS / "metrics.json")
-    block = results_block(entries, args.command, reports_rel="docs/results")
-    if not update_readme(PROJECT_ROOT / "README.md", block):
-        raise UserError("README.md has no results markers; restore the '<!-- results:begin' and '<!-- results:end -->' lines")
-    print(f"README.md results updated from {reports / 'metrics.json'} ({len(entries)} entries)", file=sys.stderr)
+    page = PROJECT_ROOT / "docs" / "results.md"
+    if not update_readme(page, results_block(entries, args.command, reports_rel="results")):
+        raise UserError(f"{page} has no results markers; restore the '{README_BEGIN[:20]}' and '{README_END}' lines")
+    if not update_readme(PROJECT_ROOT / "README.md", results_summary(entries, args.command), SUMMARY_BEGIN, SUMMARY_END):
+        raise UserError(f"README.md has no summary markers; restore the '{SUMMARY_BEGIN[:20]}' and '{SUMMARY_END}' lines")
+    print(f"README.md and docs/results.md updated from {reports / 'metrics.json'} ({len(entries)} entries)",
+          file=sys.stderr)
     return 0
 
 

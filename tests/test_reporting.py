@@ -79,6 +79,16 @@ def test_plots_and_readme_block(tmp_path):
     assert update_readme(readme, block) and readme.read_text() == text  # idempotent
     (tmp_path / "plain.md").write_text("no markers")
     assert not update_readme(tmp_path / "plain.md", block)
+    # the README's short table has markers of its own, so the full block (docs/results.md) and it never mix
+    from mushroom.reporting import SUMMARY_BEGIN, SUMMARY_END, results_summary
+
+    summary = results_summary(_entries(), "make demo DATA=x")
+    assert summary.startswith(SUMMARY_BEGIN) and summary.endswith(SUMMARY_END)
+    assert sum(line.startswith("| demo-b0 |") for line in summary.splitlines()) == len(_entries())
+    assert not update_readme(readme, summary, SUMMARY_BEGIN, SUMMARY_END)     # only results markers there
+    readme.write_text(f"{SUMMARY_BEGIN}\n{SUMMARY_END}\n{README_BEGIN}\n{README_END}\n")
+    assert update_readme(readme, summary, SUMMARY_BEGIN, SUMMARY_END) and update_readme(readme, block)
+    assert readme.read_text().count("| demo-b0 | ptq_int8 |") == 2
 
 
 def test_open_set_plot_and_table(tmp_path):
