@@ -10,14 +10,14 @@ config's model.name trains. Writes models/<run_name>/ (default run name: <experi
 model.keras, meta.json, history.json, config.resolved.yaml. Logs to W&B (offline unless an API key
 is configured).
 """
-from mushroom import cli, training
+from mushroom import cli, training_run
 
 
 def main(argv=None) -> int:
-    parser = training.argument_parser(__doc__)
+    parser = training_run.argument_parser(__doc__)
     parser.add_argument("--variant", choices=("m", "s", "b0"), default=None,
                         help="EfficientNetV2 size: m (study), s, b0 (quick CPU runs); default: config model.name")
-    return training.cli_main(parser, argv,
+    return training_run.cli_main(parser, argv,
                              lambda args, cfg: [f"model.name=efficientnet_v2_{args.variant}"] if args.variant else [])
 
 

@@ -9,13 +9,13 @@ ResNet50 is the baseline for users with ImageNet weights; offline, the demo uses
 checkpoint instead (a head on a from-scratch ResNet50 learns nothing). Writes
 models/<run_name>/ (default: <experiment>-<baseline.model>-head).
 """
-from mushroom import cli, training
+from mushroom import cli, training_run
 
 
 def main(argv=None) -> int:
-    parser = training.argument_parser(__doc__)
-    return training.cli_main(parser, argv, lambda args, cfg: training.baseline_overrides(cfg),
-                             run_name=training.baseline_run_name)
+    parser = training_run.argument_parser(__doc__)
+    return training_run.cli_main(parser, argv, lambda args, cfg: training_run.baseline_overrides(cfg),
+                             run_name=training_run.baseline_run_name)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Two-stage training of a registry model on the manifest's photos, written as a model folder.
+"""Two-stage training of a registry model on the manifest's photos (the model folder a run writes:
+training_run.py; devices: distribute.py; resuming: journal.py).
 
-    folder = train(cfg, "data", "models")          # -> models/<experiment>-<model.name>/
+    result = fit(cfg, "data", backup_dir="models/demo-mobilenet_v2/backup")   # -> TrainResult
 
 Stage 1 trains the head with the whole backbone frozen (cfg.train.stage1). Stage 2 (skipped when
 cfg.train.stage2.epochs is 0, as in the ResNet head-only baseline) makes the top
@@ -33,16 +34,10 @@ computes; batch norm statistics are per replica (per-replica batch), as in any t
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import dataclasses
-import io
-import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,102 +45,20 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mushroom import dataset, models, modelio, tracking
-from mushroom.config import Config, add_config_args, load_config, save_resolved, with_overrides
+from mushroom import dataset, models
+from mushroom.config import Config
 from mushroom.errors import UserError
-from mushroom.fileio import atomic_write, replacing_folder, write_json
 from mushroom.keras_env import keras, tf
 from mushroom.manifest import manifest_path, read_manifest
-from mushroom.modelio import ModelFolder, baseline_is_stage1, baseline_run_name, default_run_name  # noqa: F401  (the scripts' run names)
+from mushroom.distribute import (barrier, check_same_everywhere, is_chief, local_examples, make_strategy,
+                                 seed_everything, shard_by_data, worker_label)
+from mushroom.journal import EpochRecorder, Journal, StageBackup, fingerprint
 
 MONITOR = "val_accuracy"
 # Carried by every study row of a model whose backbone came from an int8 checkpoint (README, "Weights").
 INT8_GRID_NOTE = ("backbone imported from an int8 post-training-quantized checkpoint: its weights already sit "
                   "on an int8 grid, so the PTQ loss measured here is a lower bound of what a float-trained "
                   "backbone loses")
-
-
-# --- reproducibility and devices -------------------------------------------------------------------
-def seed_everything(seed: int) -> bool:
-    """Seed Python, NumPy and TensorFlow; enable op determinism on CPU-only machines. Returns
-    whether op determinism is on."""
-    keras.utils.set_random_seed(seed)
-    if not tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.enable_op_determinism()
-        return True
-    return False
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """default: one device; mirrored: every GPU (else every logical CPU) of this host;
-    multi_worker: MultiWorkerMirroredStrategy, hosts described by the TF_CONFIG environment variable."""
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        if tf.config.list_logical_devices("GPU"):
-            return tf.distribute.MirroredStrategy()
-        return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise UserError(f"unknown train.strategy '{name}': choose default, mirrored or multi_worker")
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Only one worker of a multi-worker run writes the model folder, the backup and the W&B run."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "task_type", None):
-        return True
-    spec = resolver.cluster_spec().as_dict()
-    if resolver.task_type == "chief":
-        return True
-    return "chief" not in spec and resolver.task_type == "worker" and resolver.task_id == 0
-
-
-def worker_label(strategy: tf.distribute.Strategy) -> str:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "task_type", None):
-        return "this worker"
-    workers = sum(len(v) for k, v in resolver.cluster_spec().as_dict().items() if k in ("chief", "worker"))
-    return f"{resolver.task_type} {resolver.task_id} ({workers} workers)"
-
-
-def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """Every worker reads the same seeded pipeline and keeps its part of each global batch.
-
-    Keras' AUTO policy would try to shard by file, find none (photos are decoded from a list of
-    paths) and fall back to this with a warning; said explicitly, and it is the policy that makes
-    a multi-worker step see exactly the global batch a single worker would."""
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options)
-
-
-def local_examples(strategy: tf.distribute.Strategy, ds: tf.data.Dataset) -> int:
-    """Examples one epoch of `ds` gives this worker's replicas once distributed as fit distributes it.
-    Every worker must call it (the distributed iterator agrees on the end of data collectively)."""
-    n = 0
-    for images, _ in strategy.experimental_distribute_dataset(ds):
-        n += sum(int(t.shape[0]) for t in strategy.experimental_local_results(images))
-    return n
-
-
-def check_same_everywhere(strategy: tf.distribute.Strategy, value: int, what: str) -> None:
-    """Raise unless every worker holds the same `value`: workers resuming from different epochs
-    would hang in their first all-reduce instead. All equal <=> mean(v^2) == mean(v)^2."""
-    if strategy.num_replicas_in_sync == 1:
-        return
-    v = float(value)
-    per_replica = strategy.run(lambda: tf.constant([v, v * v], tf.float64))
-    mean = strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None).numpy()
-    if abs(mean[1] - mean[0] ** 2) > 1e-6:
-        raise UserError(f"the workers disagree on {what} (this one: {value}): every worker must see the same "
-                        "backup folder (put paths.models_dir on storage all workers share) or none")
-
-
-def barrier(strategy: tf.distribute.Strategy) -> None:
-    """Return once every worker has reached this point (an all-reduce cannot finish before)."""
-    if strategy.num_replicas_in_sync > 1:
-        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None).numpy()
 
 
 # --- freezing ---------------------------------------------------------------------------------------
@@ -319,146 +232,6 @@ class LearningRateLog(keras.callbacks.Callback):
             lr = lr(opt.iterations - 1)
         if logs is not None:
             logs["lr"] = float(keras.backend.get_value(lr))
-
-
-# --- surviving an interruption ---------------------------------------------------------------------
-class Journal:
-    """The backup folder (ModelFolder.backup_dir) of an unfinished run:
-
-        state.json          the config fingerprint, the finished stages, and the last two epoch
-                            snapshots (history so far + BestKeeper's state)
-        best-s<S>-e<E>.npz  the best weights so far (found at stage S, epoch E), by variable name
-        stage<S>/           Keras' BackupAndRestore of the running stage: weights, optimizer, epoch
-
-    A snapshot is written just before BackupAndRestore's checkpoint of the same epoch, so a kill
-    between the two leaves the snapshot one epoch ahead: keeping two lets a rerun take the one that
-    matches the checkpoint it restores. Only the chief writes (`writer`); every worker reads."""
-
-    STATE = "state.json"
-
-    def __init__(self, folder: Path, fingerprint: dict, writer: bool):
-        self.folder, self.fingerprint, self.writer = Path(folder), fingerprint, writer
-        self.stages: list[dict] = []
-        self.snapshots: list[dict] = []
-        path = self.folder / self.STATE
-        if path.is_file():
-            state = json.loads(path.read_text(encoding="utf-8"))
-            if state.get("fingerprint") == fingerprint:
-                self.stages, self.snapshots = state["stages"], state["snapshots"]
-            else:
-                print(f"{self.folder} was backed up from another configuration or other photos: starting over",
-                      flush=True)
-                self.discard()
-        elif self.folder.is_dir() and writer:
-            self.discard()  # a stage checkpoint without a snapshot is no state we can rebuild
-
-    def discard(self) -> None:
-        if self.writer:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-    def stage_dir(self, stage: int) -> Path:
-        return self.folder / f"stage{stage}"
-
-    def finished(self, stage: int) -> dict | None:
-        return next((s for s in self.stages if s["stage"] == stage), None)
-
-    def checkpoint_epochs(self, stage: int) -> int | None:
-        return backed_up_epochs(self.stage_dir(stage))
-
-    def snapshot(self, epochs: int) -> dict | None:
-        return next((s for s in self.snapshots if s["epochs"] == epochs), None)
-
-    def best_weights(self, snap: dict) -> dict[str, np.ndarray]:
-        if not snap.get("best_file"):
-            return {}
-        with np.load(self.folder / snap["best_file"]) as data:
-            return {name: data[name] for name in data.files}
-
-    def epoch_done(self, stage: int, record: dict, keeper: BestKeeper) -> None:
-        if not self.writer:
-            return
-        last = self.snapshots[-1] if self.snapshots else None
-        best_file = last["best_file"] if last else None
-        if keeper.where and keeper.where["epoch"] == record["epoch"]:
-            best_file = f"best-s{stage}-e{record['epoch']}.npz"
-            buffer = io.BytesIO()
-            np.savez(buffer, **keeper.best_weights())
-            atomic_write(self.folder / best_file, buffer.getvalue())
-        records = (last["records"] if last else []) + [record]
-        self.snapshots = [*self.snapshots[-1:], {"epochs": record["epoch"], "stage": stage, "records": records,
-                                                 "keeper": keeper.state(), "best_file": best_file}]
-        self._write()
-
-    def stage_done(self, info: dict) -> None:
-        self.stages = [*self.stages, info]
-        if self.writer:
-            self._write()
-            shutil.rmtree(self.stage_dir(info["stage"]), ignore_errors=True)
-
-    def _write(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_json(self.folder / self.STATE, {"fingerprint": self.fingerprint, "stages": self.stages,
-                                                      "snapshots": self.snapshots})
-        keep = {s["best_file"] for s in self.snapshots}
-        for path in self.folder.glob("best-*.npz"):
-            if path.name not in keep:
-                path.unlink(missing_ok=True)
-
-
-def backed_up_epochs(stage_dir: str | os.PathLike) -> int | None:
-    """Epochs (counted over both stages) finished per a stage's BackupAndRestore checkpoint; None if
-    there is none. Keras writes it under <dir>/chief whichever worker is the chief."""
-    latest = tf.train.latest_checkpoint(str(Path(stage_dir) / "chief"))
-    if latest is None:
-        return None
-    return int(tf.train.load_variable(latest, "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE")) + 1
-
-
-class StageBackup(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore of one stage (its own folder: the stages compile different optimizers) that
-    also journals the epoch: its history record and the best-weights bookkeeping. Placed after
-    BestKeeper, so the snapshot holds this epoch's verdict. The checkpoint is kept when fit ends
-    (even by early stopping) and removed by Journal.stage_done, once the stage is recorded."""
-
-    def __init__(self, journal: Journal, stage: int, keeper: BestKeeper, first_epoch: int, records: list):
-        super().__init__(str(journal.stage_dir(stage)), delete_checkpoint=False)
-        self.journal, self.stage, self.keeper, self.first_epoch, self.records = journal, stage, keeper, first_epoch, records
-
-    def on_epoch_end(self, epoch, logs=None):
-        record = epoch_record(self.stage, epoch, self.first_epoch, logs)
-        self.records.append(record)
-        self.journal.epoch_done(self.stage, record, self.keeper)
-        super().on_epoch_end(epoch, logs)
-
-
-def epoch_record(stage: int, epoch: int, first_epoch: int, logs: dict | None) -> dict:
-    """One history.json entry; `epoch` is Keras' 0-based epoch counted over both stages."""
-    return {"stage": stage, "epoch": epoch + 1, "stage_epoch": epoch + 2 - first_epoch,
-            **{k: float(v) for k, v in (logs or {}).items()}}
-
-
-class EpochRecorder(keras.callbacks.Callback):
-    """The history records when nothing is backed up (fit without a backup folder)."""
-
-    def __init__(self, stage: int, first_epoch: int, records: list):
-        super().__init__()
-        self.stage, self.first_epoch, self.records = stage, first_epoch, records
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.records.append(epoch_record(self.stage, epoch, self.first_epoch, logs))
-
-
-def fingerprint(cfg: Config, names: list[str], train_paths: Sequence[str]) -> dict:
-    """What a backup must have been trained with to be resumed: everything that shapes the
-    training (not where it runs: train.strategy may change between runs), the classes, the photos."""
-    import hashlib
-
-    train = {k: v for k, v in cfg.train.to_dict().items() if k != "strategy"}
-    photos = hashlib.sha256("\n".join(sorted("/".join(Path(p).parts[-2:]) for p in train_paths)).encode()).hexdigest()
-    exposure = {k: v for k, v in cfg.open_set.to_dict().items() if k in ("exposure_fraction", "exposure_weight")}
-    return {"seed": cfg.seed, "image": cfg.image.to_dict(), "augment": cfg.augment.to_dict(),
-            "model": cfg.model.to_dict(), "train": train, "classes": names, "train_photos": photos,
-            "exposure": exposure}
 
 
 # --- training ---------------------------------------------------------------------------------------
@@ -653,142 +426,3 @@ def predict(model: keras.Model, data: dataset.SplitData) -> np.ndarray:
 def top1(probs: np.ndarray, labels: Sequence[int]) -> float:
     return float(np.mean(np.argmax(probs, axis=1) == np.asarray(labels))) if len(labels) else float("nan")
 
-
-def build_meta(cfg: Config, run_name: str, result: TrainResult, val_top1: float) -> dict:
-    return {
-        "model_name": cfg.model.name,
-        "run_name": run_name,
-        "experiment": cfg.experiment,
-        "class_names": result.class_names,
-        "image_size": cfg.image.size,
-        "preprocessing": models.preprocessing_of(cfg.model.name),
-        "input_range": [0, 255],
-        "species": [s.to_dict() for s in dataset.class_species(cfg, result.class_names)],
-        "weights": cfg.model.weights,
-        "seed": cfg.seed,
-        "val_top1": val_top1,
-        "best": result.best,
-        "photos": {"train": result.n_train, "val": len(result.val)},
-        "train_seconds": round(result.seconds, 1),
-        "strategy": cfg.train.strategy,
-        "replicas": result.replicas,
-        "op_determinism": result.deterministic,
-        **({"note": INT8_GRID_NOTE} if str(cfg.model.weights or "").endswith(".tflite") else {}),
-    }
-
-
-def save_run(cfg: Config, folder: str | os.PathLike, model: keras.Model, meta: dict, history: dict) -> Path:
-    """Write the model folder completely under a temporary name, then swap it in: an interrupted run
-    never leaves a half-written folder, and files of an older model (e.g. its TFLite exports) never
-    sit beside a new model."""
-    with replacing_folder(folder) as partial:
-        modelio.save_model_folder(partial, model, meta, history)
-        save_resolved(cfg, partial)
-    return Path(folder)
-
-
-def baseline_overrides(cfg: Config) -> list[str]:
-    """What makes the config train the baseline: its backbone and weights, and no stage 2."""
-    weights = "null" if cfg.baseline.weights is None else cfg.baseline.weights
-    return [f"model.name={cfg.baseline.model}", f"model.weights={weights}", "train.stage2.epochs=0"]
-
-
-def save_stage1_baseline(cfg: Config, models_dir: str | os.PathLike, result: TrainResult, stage1: dict,
-                         derived_from: str) -> Path:
-    """Write the head-only baseline's model folder from stage 1 of a two-stage run (see
-    baseline_is_stage1): the same folder contract, config and meta train_resnet_baseline.py writes,
-    plus meta["from_stage1_of"]. Sets result.model's weights to stage 1's."""
-    bcfg = with_overrides(cfg, baseline_overrides(cfg))
-    name = baseline_run_name(cfg)
-    result.model.set_weights(stage1["weights"])
-    history = stage1["history"]
-    bresult = dataclasses.replace(result, history=history, best=history["best"], seconds=stage1["seconds"])
-    val_top1 = top1(predict(result.model, result.val), result.val.labels)
-    meta = build_meta(bcfg, name, bresult, val_top1) | {"from_stage1_of": derived_from}
-    folder = save_run(bcfg, ModelFolder.under(models_dir, name).path, result.model, meta, history)
-    run = tracking.start_run(bcfg, "train", name=name)
-    try:
-        tracking.log(run, {"val_top1": val_top1})
-        if run is not None:
-            run.summary["val_top1"] = val_top1
-            run.summary["from_stage1_of"] = derived_from
-        tracking.log_artifact(run, folder, name, "model", aliases=["best", "latest"])
-    finally:
-        tracking.finish(run)
-    print(f"saved {folder}: the head-only baseline is this run's stage 1 (same backbone and weights), val top-1 "
-          f"{val_top1:.3f}", flush=True)
-    return folder
-
-
-def train(cfg: Config, data_dir: str | os.PathLike, models_dir: str | os.PathLike, run_name: str | None = None) -> Path:
-    """Train cfg.model on data_dir and write models_dir/<run_name>/ (default run name:
-    '<experiment>-<model.name>'); logs to W&B (job_type train) per cfg.wandb. Returns the folder.
-
-    Every epoch is backed up in ModelFolder(models_dir/<run_name>).backup_dir, so the same command
-    resumes an interrupted run; the finished folder replaces it. In a multi-worker run every worker
-    calls this; only the chief writes the folder, the backup and the W&B run. The others save to a
-    temporary folder they delete (saving reads variables with collective ops, so all must)."""
-    run_name = run_name or default_run_name(cfg)
-    final = ModelFolder.under(models_dir, run_name)
-    strategy = make_strategy(cfg.train.strategy)  # before any other TensorFlow op (see fit)
-    chief = is_chief(strategy)
-    if not chief:
-        print(f"{worker_label(strategy)} is not the chief: no W&B run, and its copy of the model goes to a "
-              "temporary folder that is deleted", flush=True)
-    run = tracking.start_run(cfg, "train", name=run_name) if chief else None
-    stage1: dict = {}
-
-    def keep_stage1(model: keras.Model, summary: dict) -> None:
-        stage1.update(summary, weights=[w.copy() for w in model.get_weights()])
-
-    try:
-        result = fit(cfg, data_dir, callbacks=[tracking.epoch_logger(run)], backup_dir=final.backup_dir,
-                     strategy=strategy, after_stage1=keep_stage1 if baseline_is_stage1(cfg) else None)
-        probs = predict(result.model, result.val)
-        val_top1 = top1(probs, result.val.labels)
-        meta = build_meta(cfg, run_name, result, val_top1)
-        target = final.path if chief else Path(tempfile.mkdtemp(prefix="mushroom-worker-")) / run_name
-        folder = save_run(cfg, target, result.model, meta, result.history)
-        tracking.log(run, {"val_top1": val_top1, "train_seconds": result.seconds})
-        if run is not None:
-            run.summary["val_top1"] = val_top1
-            run.summary["best"] = result.best
-        if chief:
-            tracking.log_artifact(run, folder, run_name, "model", aliases=["best", "latest"])
-        else:
-            shutil.rmtree(target.parent, ignore_errors=True)
-    except BaseException:
-        tracking.finish(run, exit_code=1)
-        raise
-    tracking.finish(run)
-    best = result.best or {}
-    print(f"saved {folder if chief else 'nothing (not the chief)'}: val top-1 {val_top1:.3f} (best at stage "
-          f"{best.get('stage')} epoch {best.get('epoch')}), {result.seconds:.0f} s", flush=True)
-    if stage1 and chief:
-        save_stage1_baseline(cfg, models_dir, result, stage1, run_name)
-    return folder
-
-
-# --- the training scripts' shared command line --------------------------------------------------------
-def argument_parser(description: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=None, help="photos + manifest.csv (default: config paths.data_dir)")
-    parser.add_argument("--run-name", default=None,
-                        help="folder under paths.models_dir (default: <experiment>-<model.name>)")
-    return parser
-
-
-def cli_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
-             forced_overrides: Callable[[argparse.Namespace, Config], list[str]] = lambda args, cfg: [],
-             run_name: Callable[[Config], str] = default_run_name) -> int:
-    """Parse --config/--set (+ the script's own options), apply the script's forced overrides
-    (a function of the options and the user's config) after the user's, before validation, so the
-    saved config shows them, and train into --run-name or run_name(config)."""
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    user_cfg = load_config(args.config, args.overrides)
-    forced = forced_overrides(args, user_cfg)
-    cfg = load_config(args.config, [*args.overrides, *forced]) if forced else user_cfg
-    data_dir = Path(args.data_dir) if args.data_dir else Path(cfg.paths.data_dir)
-    train(cfg, data_dir, Path(cfg.paths.models_dir), run_name=args.run_name or run_name(cfg))
-    return 0

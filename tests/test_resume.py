@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from mushroom import modelio, training
+from mushroom import journal, modelio, training
 from mushroom.config import PROJECT_ROOT
 from mushroom.keras_env import keras
 from tests.datadirs import make_data_dir, tiny_cfg
@@ -125,7 +125,7 @@ def test_sigkill_in_stage_2_then_rerun_resumes_at_the_next_epoch(data_dir, tmp_p
             first.kill()
     assert first.returncode == -signal.SIGKILL
     finished = json.loads((backup / "state.json").read_text())["snapshots"][-1]["epochs"]
-    resumed_from = training.backed_up_epochs(backup / "stage2")
+    resumed_from = journal.backed_up_epochs(backup / "stage2")
     assert resumed_from == finished and 3 <= finished < 5, out1[-2000:]
     assert not (models / "test-tiny" / "meta.json").exists()
 

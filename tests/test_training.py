@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mushroom import dataset, models, modelio, training
+from mushroom import dataset, distribute, models, modelio, training, training_run
 from mushroom.config import PROJECT_ROOT
 from mushroom.keras_env import keras
 from mushroom.manifest import manifest_path, read_manifest
@@ -58,7 +58,7 @@ def test_stage_freezing_keeps_batch_norm_and_lower_layers_frozen():
 
 def test_loss_decreases_over_a_few_steps(data_dir):
     cfg = tiny_cfg()
-    training.seed_everything(cfg.seed)
+    distribute.seed_everything(cfg.seed)
     rows = read_manifest(manifest_path(data_dir))
     names = dataset.class_names(cfg, rows)
     images, labels = next(iter(dataset.split_dataset(cfg, data_dir, "train", names, rows, batch_size=18).dataset))
@@ -80,8 +80,8 @@ def test_saved_folder_reproduces_training_time_predictions(data_dir, tmp_path):
     cfg = tiny_cfg()
     result = training.fit(cfg, data_dir, verbose=0)
     before = training.predict(result.model, result.val)
-    meta = training.build_meta(cfg, "run", result, training.top1(before, result.val.labels))
-    folder = training.save_run(cfg, tmp_path / "models" / "run", result.model, meta, result.history)
+    meta = training_run.build_meta(cfg, "run", result, training.top1(before, result.val.labels))
+    folder = training_run.save_run(cfg, tmp_path / "models" / "run", result.model, meta, result.history)
     model, meta2 = modelio.load_model_folder(folder)
     np.testing.assert_array_equal(model.predict(result.val.dataset, verbose=0), before)
     assert meta2["class_names"] == result.class_names
@@ -93,7 +93,7 @@ def test_train_writes_the_model_folder_contract(data_dir, tmp_path, capsys):
     stale = tmp_path / "models" / "test-tiny" / "tflite"
     stale.mkdir(parents=True)
     (stale / "float32.tflite").write_bytes(b"old model")
-    folder = training.train(cfg, data_dir, tmp_path / "models")
+    folder = training_run.train(cfg, data_dir, tmp_path / "models")
     assert folder == tmp_path / "models" / "test-tiny"  # <experiment>-<model.name>
     assert sorted(p.name for p in folder.iterdir()) == ["config.resolved.yaml", "history.json", "meta.json",
                                                          "model.keras"]  # the old model's exports are gone
@@ -127,12 +127,12 @@ def test_a_baseline_that_repeats_stage1_is_saved_from_it(data_dir, tmp_path, cap
 
     cfg = tiny_cfg("train.stage1.epochs=2", "train.stage2.epochs=1", "baseline.model=tiny", "baseline.weights=null")
     assert modelio.baseline_is_stage1(cfg)
-    training.train(cfg, data_dir, tmp_path / "a")
+    training_run.train(cfg, data_dir, tmp_path / "a")
     derived = tmp_path / "a" / "test-tiny-head"
     assert "the head-only baseline is this run's stage 1" in capsys.readouterr().out
-    alone_cfg = with_overrides(cfg, training.baseline_overrides(cfg))   # what train_resnet_baseline.py runs
+    alone_cfg = with_overrides(cfg, training_run.baseline_overrides(cfg))   # what train_resnet_baseline.py runs
     assert not modelio.baseline_is_stage1(alone_cfg) and cfg.train.stage2.epochs == 1  # cfg itself unchanged
-    alone = training.train(alone_cfg, data_dir, tmp_path / "b", run_name="test-tiny-head")
+    alone = training_run.train(alone_cfg, data_dir, tmp_path / "b", run_name="test-tiny-head")
     assert modelio.ModelFolder(derived).is_complete()
     a, _ = modelio.load_model_folder(derived)
     b, _ = modelio.load_model_folder(alone)
@@ -178,7 +178,7 @@ def test_efficientnet_script_variant_sets_the_model_name(monkeypatch, tmp_path):
     import train_efficientnet_v2
 
     seen = {}
-    monkeypatch.setattr(training, "train", lambda cfg, data_dir, models_dir, run_name=None: seen.update(
+    monkeypatch.setattr(training_run, "train", lambda cfg, data_dir, models_dir, run_name=None: seen.update(
         cfg=cfg, data_dir=data_dir, run_name=run_name))
     assert train_efficientnet_v2.main(["--variant", "s", "--set", "model.name=resnet50", "--run-name", "r1"]) == 0
     assert seen["cfg"].model.name == "efficientnet_v2_s" and seen["run_name"] == "r1"
