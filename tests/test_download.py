@@ -15,7 +15,8 @@ import pytest
 from mushroom.config import PROJECT_ROOT, load_config
 from mushroom.errors import ConfigError, NetworkError
 from mushroom.images import describe_bytes
-from mushroom.download import STATE_NAME, download_dataset
+from mushroom.download import download_dataset
+from mushroom.photo_fetch import STATE_NAME
 from mushroom.manifest import COLUMNS, manifest_path, read_manifest
 from tests.conftest import need_shared
 from tests.fake_inat import SAMPLES, FakeINat

@@ -13,8 +13,9 @@ from collections import Counter
 import pytest
 
 from mushroom.config import PROJECT_ROOT
-from mushroom.download import (EXPOSURE_STATE_NAME, FUNGI, ExposurePhoto, PlannedPhoto, download_dataset,
-                               plan_exposure)
+from mushroom.download import download_dataset
+from mushroom.exposure_download import EXPOSURE_STATE_NAME, FUNGI, ExposurePhoto, plan_exposure
+from mushroom.photo_fetch import PlannedPhoto
 from mushroom.errors import NetworkError, UserError
 from mushroom.manifest import COLUMNS, manifest_path, read_manifest
 from mushroom.species import all_species, graded_species
