@@ -60,38 +60,21 @@ table's qualifier (e.g. "egg stage", "deadly") or "".
 """
 from __future__ import annotations
 
-import functools
-import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mushroom.species import DANGEROUS_GRADES, Species
+from mushroom.answer_text import GRADE_MEANING, REMINDER, VERDICT_TEXT, say
+from mushroom.look_alikes import always_blocks, is_risky, look_alikes_of, resolve, tables, unseen_danger, views_of
+from mushroom.species import Species
 
-REMINDER = ("A photo is never enough to eat a wild mushroom: have every find identified in person "
-            "by an experienced mycologist or a mushroom inspector before eating any of it.")
-UNKNOWN_EDIBILITY = "unknown (not in the model)"
 VERDICTS = ("edible", "not_edible", "uncertain", "unknown")
 RULES = ("unknown_species", "confident_edible", "unknown_look_alike", "deadly_look_alike", "unknown_margin",
          "dangerous_probability", "no_unknown_check", "not_calibrated", "confident_not_edible", "low_certainty")
-# A look-alike note naming one of these words describes a stage or form of the look-alike that no
-# photo of its usual form teaches the model (species.csv: "Amanita phalloides (egg stage)"): a
-# poisonous look-alike in such a form blocks "edible" like a deadly one.
-STAGE_OR_FORM_WORDS = ("egg", "stage", "young", "button", "juvenile", "immature", "dried", "dry", "form")
-_STAGE_OR_FORM = re.compile(r"\b(" + "|".join(STAGE_OR_FORM_WORDS) + r")\b", re.IGNORECASE)
-_DEADLY_NOTE = re.compile(r"\bdeadly\b", re.IGNORECASE)
 JSON_KEYS = ("image", "top5", "certainty", "verdict", "reasons", "rules", "look_alikes", "unknown_score",
              "unknown_threshold", "unknown_edible_threshold", "unknown_flagged", "known_species")
 
-GRADE_MEANING = {
-    "choice": "edible and worth eating",
-    "edible": "edible",
-    "caution": "edible only with preparation, for example well cooked",
-    "inedible": "not worth eating",
-    "poisonous": "eating it causes poisoning",
-    "deadly": "eating it can kill",
-}
 
 # A probability vector is renormalised only when it is off by more than this (an int8 softmax
 # sums to 1 +- a few 1/256 steps); a vector that already sums to 1 keeps its exact values so that
@@ -181,139 +164,9 @@ class UnknownCheck:
     def too_close_for_edible(self) -> bool:
         """At or above the stricter edible threshold, or no such threshold fitted."""
         return self.edible_threshold is None or bool(self.edible_score >= self.edible_threshold)
-
-
-# --- what more photos should show ------------------------------------------------------------------
-# A flagged photo, or one just short of the edible limit, is often a species the model cannot tell
-# from one view: the answer asks for the views that separate the candidates, and several photos of
-# one find are scored together (measured on the demo: per-find AUROC 0.88 against 0.80 per photo).
-# The parts that tell these genera apart, from field guides' keys (e.g. Laessoe, "Mushrooms", 2013).
-_VIEWS = (
-    (("Amanita",), "the gills, the ring, and the base of the stem dug out of the ground (a sack or bulb there "
-                   "marks an Amanita)"),
-    (("Boletus", "Imleria", "Leccinum", "Suillus", "Xerocomellus", "Neoboletus", "Suillellus", "Rubroboletus",
-      "Tylopilus"), "the pores under the cap (and whether they turn blue when pressed), the stem's surface, and "
-                    "the flesh cut in half"),
-    (("Lycoperdon", "Apioperdon", "Calvatia"), "the mushroom cut in half from top to bottom (a puffball is white "
-                                               "throughout; a death cap's egg shows a cap and gills inside)"),
-)
-_DEFAULT_VIEWS = "the underside (gills or pores), the whole stem with its base dug out, and the flesh cut in half"
-
-
-def views_of(species: Species) -> str:
-    """What photos of a find should show to tell this species from its look-alikes."""
-    genus = species.name.split()[0]
-    return next((views for genera, views in _VIEWS if genus in genera), _DEFAULT_VIEWS)
-
-
 def _more_photos_sentence(candidates: Sequence[Species]) -> str:
     views = list(dict.fromkeys(views_of(s) for s in candidates))
-    return ("Take more photos of this same mushroom and answer them together as one find (predict.py "
-            "--one-mushroom, or more photos on the page): show " + "; and ".join(views) + ".")
-
-
-# --- look-alikes ----------------------------------------------------------------------------------
-def parse_look_alikes(entries: Iterable[str]) -> list[tuple[str, str]]:
-    """Table entries -> [(scientific name, note)]. 'Amanita phalloides (egg stage)' ->
-    ('Amanita phalloides', 'egg stage'); 'X (not in list; deadly)' -> ('X', 'deadly'). Entries whose
-    parenthesis was split apart at a ';' by a CSV import ('X (not in list', 'deadly)') are joined
-    back first, so the qualifier is never mistaken for a species."""
-    merged: list[str] = []
-    for raw in entries:
-        text = str(raw).strip()
-        if not text:
-            continue
-        if merged and merged[-1].count("(") > merged[-1].count(")"):
-            merged[-1] = f"{merged[-1]}; {text}"
-        else:
-            merged.append(text)
-    out: list[tuple[str, str]] = []
-    for text in merged:
-        name, _, rest = text.partition("(")
-        qualifiers = [q.strip() for q in re.split(r"[;,]", rest.rstrip().rstrip(")"))]
-        note = "; ".join(q for q in qualifiers if q and q.lower() != "not in list")
-        name = " ".join(name.split())
-        if name:
-            out.append((name, note))
-    return out
-
-
-def look_alikes_of(species: Species, table: Sequence[Species]) -> list[tuple[str, str]]:
-    """The species' own look-alikes, then the species of the table that list it as theirs
-    (confusion goes both ways: the death cap lists none, but three species list the death cap)."""
-    return list(_look_alikes_of(species, tuple(table)))
-
-
-# Species are frozen, so the answer depends on the arguments alone: evaluation advises ~10,000
-# photos against one table, and parsing every table entry each time was most of its 12 s.
-@functools.lru_cache(maxsize=1024)
-def _look_alikes_of(species: Species, table: tuple[Species, ...]) -> tuple[tuple[str, str], ...]:
-    found = list(parse_look_alikes(species.look_alikes))
-    seen = {name for name, _ in found} | {species.name}
-    for other in table:
-        if other.name not in seen and any(n == species.name for n, _ in parse_look_alikes(other.look_alikes)):
-            found.append((other.name, ""))
-            seen.add(other.name)
-    return tuple((n, note) for n, note in found if n != species.name)
-
-
-def _resolve(name: str, note: str, of: Species, table: Mapping[str, Species],
-             classes: Mapping[str, int]) -> dict:
-    known = table.get(name)
-    return {"name": name, "of_species": of.name,
-            "edibility": known.edibility if known else UNKNOWN_EDIBILITY,
-            "in_model": name in classes, "note": note}
-
-
-def _tables(species: Sequence[Species], all_species: Sequence[Species] | None):
-    """(graded table as a list, by name, class index by name): what advise and look_alike_table
-    resolve look-alikes against, built in one place so the page's table cannot drift from predict.py's."""
-    table_list = list(all_species) if all_species is not None else list(species)
-    table = {s.name: s for s in table_list}
-    for s in species:  # a model's classes always count as known, even if the table lacks them
-        table.setdefault(s.name, s)
-    return table_list, table, {s.name: i for i, s in enumerate(species)}
-
-
-def look_alike_table(species: Sequence[Species], all_species: Sequence[Species] | None = None) -> dict[str, list[dict]]:
-    """For each of the model's classes, its look-alikes resolved exactly as `advise` resolves them
-    ({name, of_species, edibility, in_model, note}), plus what the sentences about them need from
-    the table (common_name, in_table) and whether it always blocks "edible" (blocks: always_blocks,
-    so the page needs no copy of the stage-or-form words). The phone page (mushroom/app.py) ships this so that its
-    mirror of `advise` needs no species-table logic of its own."""
-    table_list, table, classes = _tables(species, all_species)
-    out = {}
-    for s in species:
-        rows = []
-        for name, note in look_alikes_of(s, table_list):
-            la = _resolve(name, note, s, table, classes)
-            known = table.get(name)
-            rows.append({**la, "common_name": known.common_name if known else "", "in_table": known is not None,
-                         "blocks": always_blocks(la)})
-        out[s.name] = rows
-    return out
-
-
-def _is_risky(look_alike: dict) -> bool:
-    return look_alike["edibility"] in DANGEROUS_GRADES or look_alike["edibility"] == UNKNOWN_EDIBILITY
-
-
-def always_blocks(look_alike: dict) -> bool:
-    """A look-alike that rules out "edible" whatever the probabilities and whether or not the model
-    knows it: graded deadly (or noted deadly), or poisonous/ungraded in a stage or form named by its
-    note (egg stage, young, dried) that photos of the species' usual form do not teach."""
-    note = look_alike["note"] or ""
-    if look_alike["edibility"] == "deadly" or _DEADLY_NOTE.search(note):
-        return True
-    return _is_risky(look_alike) and bool(_STAGE_OR_FORM.search(note))
-
-
-def _unseen_danger(look_alike: dict) -> bool:
-    """A poisonous, deadly or ungraded look-alike the model was not trained on: it cannot be told
-    apart from a photo, whatever the probabilities say."""
-    return _is_risky(look_alike) and not look_alike["in_model"]
-
-
+    return say("more_photos", views=say("views_separator").join(views))
 # --- wording --------------------------------------------------------------------------------------
 def _threshold(t: float) -> str:
     return f"{100 * t:g}%"
@@ -330,34 +183,41 @@ def _pct(p: float, near: float | None = None) -> str:
 
 
 def _label(s: Species) -> str:
-    return f"{s.name} ({s.common_name})" if s.common_name else s.name
+    return say("label", name=s.name, common_name=s.common_name) if s.common_name else s.name
+
+
+def _noted(text: str, note: str) -> str:
+    return say("with_note", text=text, note=note) if note else text
 
 
 def _grade_sentence(s: Species) -> str:
     if s.edibility == "caution":
-        return f"{s.name} is graded caution: {s.notes or GRADE_MEANING['caution']}."
-    return f"{s.name} is graded {s.edibility}: {GRADE_MEANING[s.edibility]}."
+        return say("grade_caution", name=s.name, notes=s.notes or GRADE_MEANING["caution"])
+    return say("grade", name=s.name, grade=s.edibility, meaning=GRADE_MEANING[s.edibility])
 
 
 def _note_sentence(s: Species) -> list[str]:
     if s.notes and s.edibility != "caution":  # a caution note is already in the grade sentence
-        return [f"The species table adds for {s.name}: {s.notes}."]
+        return [say("table_note", name=s.name, notes=s.notes)]
     return []
 
 
 def _look_alike_sentence(la: dict, of: Species, table: Mapping[str, Species],
                          probs_by_name: Mapping[str, float]) -> str:
-    name = la["name"] + (f" ({la['note']})" if la["note"] else "")
+    name = _noted(la["name"], la["note"])
     known = table.get(la["name"])
     if known is None:
-        return (f"{of.name} has a look-alike, {name}, that is not in the species table, so the "
-                f"model cannot rule it out; check for it in person before eating.")
-    desc = f"{name}, {known.common_name}, graded {known.edibility}"
+        return say("look_alike_untabled", of=of.name, name=name)
+    desc = say("look_alike_desc", name=name, common_name=known.common_name, grade=known.edibility)
     if not la["in_model"]:
-        return (f"{of.name} has a dangerous look-alike, {desc}, that this model was not trained "
-                f"on, so it cannot rule it out; check for it in person before eating.")
-    return (f"{of.name} has a dangerous look-alike, {desc}, to which the model gives "
-            f"{_pct(probs_by_name[la['name']])}; rule it out in person before eating.")
+        return say("look_alike_unseen", of=of.name, desc=desc)
+    return say("look_alike_weighed", of=of.name, desc=desc, p=_pct(probs_by_name[la["name"]]))
+
+
+def _what(la: dict, table: Mapping[str, Species]) -> str:
+    """'graded poisonous (egg stage)', or 'not in the species table (deadly)'."""
+    known = table.get(la["name"])
+    return _noted(say("graded_as", grade=known.edibility) if known else say("not_in_table"), la["note"])
 
 
 # --- the verdict ----------------------------------------------------------------------------------
@@ -399,7 +259,7 @@ def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
     edible_t = float(predict_cfg["edible_threshold"])
     danger_t = float(predict_cfg["danger_threshold"])
     not_edible_t = float(predict_cfg["not_edible_threshold"])
-    table_list, table, classes = _tables(species, all_species)
+    table_list, table, classes = tables(species, all_species)
     probs_by_name = {s.name: float(p[i]) for i, s in enumerate(species)}
 
     # Stable sort: equal probabilities keep class order, the same tie rule as np.argmax.
@@ -416,16 +276,16 @@ def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
         if rank > 0 and p[i] <= danger_t:
             continue
         for name, note in look_alikes_of(species[i], table_list):
-            look_alikes.append(_resolve(name, note, species[i], table, classes))
-    best_risky = [la for la in look_alikes if la["of_species"] == best.name and _is_risky(la)]
+            look_alikes.append(resolve(name, note, species[i], table, classes))
+    best_risky = [la for la in look_alikes if la["of_species"] == best.name and is_risky(la)]
 
     blockers = [(species[i], float(p[i])) for i in order[1:]
                 if species[i].is_dangerous and p[i] > danger_t]
 
-    unseen = [la for la in look_alikes if la["of_species"] == best.name and _unseen_danger(la)]
+    unseen = [la for la in look_alikes if la["of_species"] == best.name and unseen_danger(la)]
     # Over every class above danger_threshold, not only the top_k listed (as the danger check);
     # those already named by unknown_look_alike are not named twice.
-    deadly = [_resolve(name, note, species[i], table, classes)
+    deadly = [resolve(name, note, species[i], table, classes)
               for rank, i in enumerate(order) if rank == 0 or p[i] > danger_t
               for name, note in look_alikes_of(species[i], table_list)]
     deadly = [la for la in deadly if always_blocks(la) and la not in unseen]
@@ -436,110 +296,71 @@ def advise(probs: Any, species: Sequence[Species], predict_cfg: Mapping,
     if unknown is not None and unknown.flagged:
         verdict = "unknown"
         rules.append("unknown_species")
-        share = f", which flags {_threshold(unknown.recall)} of photos of species it never learnt" if unknown.recall else ""
-        reasons.append(f"This photo does not look like any of the {len(species)} species this model knows: its "
-                       f"unknown-species score is {unknown.score:.3g}, at or above the threshold "
-                       f"{unknown.threshold:.3g}{share}. It may be a species the model cannot name; the "
-                       f"list shows only what it resembles most.")
-        reasons.append("Do not eat this mushroom: the model does not know it.")
+        share = say("flagged_share", recall=_threshold(unknown.recall)) if unknown.recall else ""
+        reasons.append(say("flagged", n=str(len(species)), score=f"{unknown.score:.3g}",
+                           threshold=f"{unknown.threshold:.3g}", share=share))
+        reasons.append(say("dont_eat_unknown"))
     elif best.is_edible and p1 >= edible_t and not (blockers or unseen or deadly or margin or unfitted):
         verdict = "edible"
         rules.append("confident_edible")
-        reasons.append(f"The most likely species is {_label(best)} with a calibrated probability of "
-                       f"{_pct(p1, edible_t)}, at or above the {_threshold(edible_t)} needed before "
-                       f"a mushroom may be called edible.")
+        reasons.append(say("edible", label=_label(best), p=_pct(p1, edible_t), t=_threshold(edible_t)))
         reasons.append(_grade_sentence(best))
         reasons.extend(_note_sentence(best))
-        reasons.append(f"No poisonous or deadly species holds more than {_threshold(danger_t)} "
-                       f"probability.")
+        reasons.append(say("no_danger", t=_threshold(danger_t)))
         reasons.extend(_look_alike_sentence(la, best, table, probs_by_name) for la in best_risky)
     elif not best.is_edible and p1 >= not_edible_t:
         verdict = "not_edible"
         rules.append("confident_not_edible")
-        reasons.append(f"The most likely species is {_label(best)} with a calibrated probability of "
-                       f"{_pct(p1, not_edible_t)}, at or above the {_threshold(not_edible_t)} needed "
-                       f"to say with confidence that it is not edible.")
+        reasons.append(say("not_edible", label=_label(best), p=_pct(p1, not_edible_t), t=_threshold(not_edible_t)))
         reasons.append(_grade_sentence(best))
         reasons.extend(_note_sentence(best))
-        reasons.append(f"Do not eat this mushroom: the model recognises a species that is "
-                       f"{best.edibility}.")
+        reasons.append(say("dont_eat_known", grade=best.edibility))
     else:
         verdict = "uncertain"
-        head = f"The most likely species, {_label(best)}, graded {best.edibility}, has a calibrated probability of"
+        head = say("head", label=_label(best), grade=best.edibility)
         if best.is_edible and p1 < edible_t:
             rules.append("low_certainty")
-            reasons.append(f"{head} only {_pct(p1, edible_t)}, below the {_threshold(edible_t)} needed before a "
-                           f"mushroom may be called edible.")
-        elif best.is_edible and blockers:
-            reasons.append(f"{head} {_pct(p1, edible_t)}, but a poisonous or deadly species holds too much "
-                           f"probability to rule it out.")
-        elif best.is_edible and unseen:
-            reasons.append(f"{head} {_pct(p1, edible_t)}, but it has a dangerous look-alike that this model was "
-                           f"never trained on.")
-        elif best.is_edible and deadly:
-            reasons.append(f"{head} {_pct(p1, edible_t)}, but a look-alike that a photo cannot rule out is deadly, "
-                           f"or poisonous in a form photos do not show.")
-        elif best.is_edible and unfitted:
-            reasons.append(f"{head} {_pct(p1, edible_t)}, but this model file was never checked against photos of "
-                           f"species it does not know, so it never calls a mushroom edible.")
+            reasons.append(say("low_edible", head=head, p=_pct(p1, edible_t), t=_threshold(edible_t)))
         elif best.is_edible:
-            reasons.append(f"{head} {_pct(p1, edible_t)}, but the photo is not typical enough of the species this "
-                           f"model knows to call it edible.")
+            why = ("blocked_danger" if blockers else "blocked_unseen" if unseen else "blocked_deadly" if deadly
+                   else "blocked_unfitted" if unfitted else "blocked_margin")
+            reasons.append(say(why, head=head, p=_pct(p1, edible_t)))
         else:
             rules.append("low_certainty")
-            reasons.append(f"{head} only {_pct(p1, not_edible_t)}, below the {_threshold(not_edible_t)} needed to "
-                           f"name it with confidence.")
+            reasons.append(say("low_not_edible", head=head, p=_pct(p1, not_edible_t), t=_threshold(not_edible_t)))
         if blockers:
             rules.append("dangerous_probability")
         for s, q in blockers:
-            reasons.append(f"{_label(s)}, graded {s.edibility}, holds {_pct(q, danger_t)} "
-                           f"probability, above the {_threshold(danger_t)} that rules out calling "
-                           f"this mushroom edible.")
+            reasons.append(say("danger_holds", label=_label(s), grade=s.edibility, q=_pct(q, danger_t),
+                               t=_threshold(danger_t)))
         if best.is_edible and unseen:
             rules.append("unknown_look_alike")
             for la in unseen:
-                known = table.get(la["name"])
-                what = (f"graded {known.edibility}" if known else "not in the species table") + (
-                    f" ({la['note']})" if la["note"] else "")
-                reasons.append(f"{best.name} has a look-alike, {la['name']}, {what}, that this model was "
-                               f"never trained on: it cannot tell the two apart from a photo, so it never "
-                               f"calls {best.name} edible.")
+                reasons.append(say("unseen_rule", best=best.name, name=la["name"], what=_what(la, table)))
         if best.is_edible and deadly:
             rules.append("deadly_look_alike")
             for la in deadly:
-                known = table.get(la["name"])
-                what = (f"graded {known.edibility}" if known else "not in the species table") + (
-                    f" ({la['note']})" if la["note"] else "")
-                reasons.append(f"{la['of_species']} has a look-alike, {la['name']}, {what}, that a photo cannot "
-                               f"tell apart from it: a deadly look-alike, or a poisonous one in a stage or form "
-                               f"such as an egg, always rules out calling this mushroom edible.")
+                reasons.append(say("deadly_rule", of=la["of_species"], name=la["name"], what=_what(la, table)))
         if best.is_edible and p1 >= edible_t and margin:
             rules.append("unknown_margin")
             if unknown.edible_threshold is None:
-                reasons.append("Its unknown-species check has no stricter limit for 'edible' (it was fitted by an "
-                               "older evaluate.py): rerun evaluate.py on the model folder.")
+                reasons.append(say("margin_no_limit"))
             else:
-                share = (f"; {_threshold(unknown.edible_recall)} of photos of species it never learnt score at or "
-                         f"above it") if unknown.edible_recall else ""
-                what = ("Its unknown-species score is" if unknown.edible_score == unknown.score
-                        else "One of its photos has an unknown-species score of")
-                reasons.append(f"{what} {unknown.edible_score:.3g}: not flagged as unknown, but at "
-                               f"or above {unknown.edible_threshold:.3g}, the stricter limit a photo must stay "
-                               f"below to be called edible{share}.")
-        reasons.append("Do not eat this mushroom: the model is not certain enough to call it edible.")
+                share = say("margin_share", recall=_threshold(unknown.edible_recall)) if unknown.edible_recall else ""
+                what = say("margin_photo" if unknown.edible_score == unknown.score else "margin_find")
+                reasons.append(say("margin", what=what, score=f"{unknown.edible_score:.3g}",
+                                   limit=f"{unknown.edible_threshold:.3g}", share=share))
+        reasons.append(say("dont_eat_uncertain"))
     if unknown is not None and unknown.worst_photo_score is None and (
             verdict == "unknown" or "unknown_margin" in rules):
         # one photo, flagged or just short of the edible limit: more views of the same find help most
         reasons.append(_more_photos_sentence([species[i] for i in order[:2]]))
     if unknown is None:
         rules.append("no_unknown_check")
-        reasons.append("No unknown-species check is fitted for this model file: it cannot tell when a photo "
-                       "shows a species it does not know, so it never calls a mushroom edible. Run evaluate.py "
-                       "on the model folder to fit one.")
+        reasons.append(say("no_unknown_check"))
     if temperature is None:
         rules.append("not_calibrated")
-        reasons.append("No temperature is fitted for this model file, so its probabilities are not calibrated "
-                       "and it never calls a mushroom edible. Run evaluate.py on the model folder to fit one.")
+        reasons.append(say("not_calibrated"))
     reasons.append(REMINDER)
 
     return Answer(top=top, certainty=p1, certainty_level=certainty_level(p1, predict_cfg),
@@ -556,8 +377,7 @@ def _edibility_text(grade: str, notes: str) -> str:
     return grade
 
 
-_VERDICT_TEXT = {"edible": "EDIBLE", "not_edible": "NOT EDIBLE", "uncertain": "UNCERTAIN - DO NOT EAT",
-                 "unknown": "UNKNOWN SPECIES - DO NOT EAT"}
+_VERDICT_TEXT = VERDICT_TEXT
 
 
 def format_text(answer: Answer, image_name: str | None = None) -> str:
@@ -592,4 +412,3 @@ def format_text(answer: Answer, image_name: str | None = None) -> str:
             lines.append(f"  - {la['name']}{note}, look-alike of {la['of_species']}: {la['edibility']}")
     lines.append(REMINDER)
     return "\n".join(lines) + "\n"
-

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from mushroom import openset
-from mushroom.advice import GRADE_MEANING, REMINDER, UNKNOWN_EDIBILITY, look_alike_table, views_of
+from mushroom.answer_text import GRADE_MEANING, bundle_text
+from mushroom.look_alikes import look_alike_table, views_of
 from mushroom.config import PROJECT_ROOT, Config
 from mushroom.errors import UserError
 from mushroom.modelio import ModelFolder, output_role, read_meta, read_temperature
@@ -197,7 +198,7 @@ def _mahalanobis_binary(stats: dict) -> tuple[bytes, dict]:
 def rules_bundle(classes: list[Species], table: list[Species], predict_cfg, temperature: float | None,
                  open_set: dict | None, fusion: str | None = None, openset_layout: dict | None = None) -> dict:
     """The part of model.json that decision.js's rules read: classes graded by the current table
-    with their look-alikes resolved by advice.look_alike_table, thresholds, temperature, the
+    with their look-alikes resolved by look_alikes.look_alike_table, thresholds, temperature, the
     unknown-species check, texts. `bundle` builds model.json with it, and the parity tests run the
     page's rules on exactly what it returns."""
     resolved = look_alike_table(classes, table)
@@ -209,7 +210,7 @@ def rules_bundle(classes: list[Species], table: list[Species], predict_cfg, temp
         "open_set": None,
         "fusion": fusion or "mean",
         "grades": {"edible": list(EDIBLE_GRADES), "dangerous": list(DANGEROUS_GRADES), "meaning": dict(GRADE_MEANING)},
-        "text": {"reminder": REMINDER, "unknown_edibility": UNKNOWN_EDIBILITY},
+        "text": bundle_text(),   # every sentence of the answer (answer_text.TEMPLATES): decision.js holds none
     }
     if open_set is not None:
         out["open_set"] = {"score": open_set["score"], "threshold": open_set["threshold"],

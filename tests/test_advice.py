@@ -5,9 +5,10 @@ import sys
 import numpy as np
 import pytest
 
-from mushroom.advice import (JSON_KEYS, REMINDER, RULES, UNKNOWN_EDIBILITY, VERDICTS, UnknownCheck, advise,
-                             format_text, parse_look_alikes)
+from mushroom.advice import JSON_KEYS, RULES, VERDICTS, UnknownCheck, advise, format_text
+from mushroom.answer_text import REMINDER, UNKNOWN_EDIBILITY
 from mushroom.config import load_config
+from mushroom.look_alikes import parse_look_alikes
 from mushroom.species import all_species, by_name, graded_species, selected_species
 
 
@@ -357,7 +358,7 @@ def test_deadly_look_alike_of_any_likely_species_blocks_edible(cfg, classes, tab
 
 
 def test_poisonous_look_alike_in_a_stage_or_form_blocks_edible(cfg):
-    from mushroom.advice import always_blocks
+    from mushroom.look_alikes import always_blocks
     from mushroom.species import Species
 
     table = [Species("Edulis a", "A", 1, "choice", "", ("Toxica b (young)",)),
@@ -408,7 +409,7 @@ PROPERTY_RUNS: dict[str, int] = {}
 
 
 def _is_deadly_or_stage(grade: str | None, note: str) -> bool:
-    """Written apart from advice.always_blocks, from the issue's words: a deadly look-alike, or a
+    """Written apart from look_alikes.always_blocks, from the issue's words: a deadly look-alike, or a
     poisonous (or ungraded) one whose note names a stage or form."""
     words = set(note.lower().replace(";", " ").split())
     return grade == "deadly" or "deadly" in words or (grade in ("poisonous", "deadly", None) and bool(words & set(STAGE_WORDS)))
@@ -416,7 +417,7 @@ def _is_deadly_or_stage(grade: str | None, note: str) -> bool:
 
 def edible_invariant(case: dict, answer: dict) -> None:
     """What an "edible" answer implies, checked from the case alone (not from advise's code)."""
-    from mushroom.advice import REMINDER as reminder
+    from mushroom.answer_text import REMINDER as reminder
 
     assert answer["reasons"][-1] == reminder
     check, temperature = case["check"], case["temperature"]

@@ -5,6 +5,7 @@ in a real browser is tested in test_app_browser.py."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -12,7 +13,8 @@ import pytest
 from PIL import Image
 
 from mushroom import openset
-from mushroom.advice import RULES, UnknownCheck, advise, look_alike_table
+from mushroom.advice import RULES, UnknownCheck, advise
+from mushroom.look_alikes import look_alike_table
 from mushroom.app import (BUNDLE_FILE, MODEL_FILE, OPENSET_FILE, build_app, check_same_outputs, fix_batch,
                           openset_binary, rules_bundle, site_bytes)
 from mushroom.config import PROJECT_ROOT
@@ -378,3 +380,18 @@ def test_build_refuses_a_model_without_a_fitted_check_or_temperature(tiny_model_
                           "--set", "wandb.mode=disabled"], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0 and "run evaluate.py" in out.stderr
+
+
+def test_the_page_holds_no_sentence_of_the_answer():
+    """One source for the answer's words: every template of answer_text (and the reminder, the
+    grade meanings, the verdict labels) reaches the page through model.json, none is copied into
+    the page's JavaScript."""
+    from mushroom.answer_text import GRADE_MEANING, REMINDER, TEMPLATES, VERDICT_TEXT
+
+    sources = {name: (SRC / name).read_text(encoding="utf-8") for name in ("decision.js", "app.js")}
+    pieces = [REMINDER, *GRADE_MEANING.values(), *VERDICT_TEXT.values()]
+    for text in TEMPLATES.values():      # the fixed words between the fields
+        pieces += [p.strip() for p in re.split(r"\{\w+\}", text) if len(p.strip()) >= 12]
+    pieces = [p for p in pieces if len(p) >= 12]        # words such as "edible" are also identifiers
+    copied = [(name, piece) for name, src in sources.items() for piece in pieces if piece in src]
+    assert not copied, copied

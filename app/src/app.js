@@ -2,7 +2,7 @@
 // predict.py's decision (decision.js) on predict.py's pixels (preprocess.js), offline after the
 // first visit (sw.js). window.mushroomApp exposes the state for the browser tests and the benchmark.
 import {loadLiteRt, loadAndCompile, supportsFeature, Tensor} from './litert.js';
-import {answerFind, checkOutputs, dequantize, quantizeInput, readStats, validateBundle, VERDICT_TEXT} from './decision.js';
+import {answerFind, checkOutputs, dequantize, quantizeInput, readStats, validateBundle} from './decision.js';
 import {resizeWithPad} from './preprocess.js';
 
 const $ = (id) => document.getElementById(id);
@@ -159,7 +159,7 @@ function render(a) {
   $('thumbs').replaceChildren(...app.find.map((p) => el('img', {src: p.url, alt: p.name})));
   const v = $('verdict');
   v.className = `verdict ${a.verdict}`;
-  v.replaceChildren(VERDICT_TEXT[a.verdict], el('small', {}, app.find.length > 1
+  v.replaceChildren(app.bundle.text.verdicts[a.verdict], el('small', {}, app.find.length > 1
     ? `One answer for ${app.find.length} photos of this mushroom.` : 'One photo. Add more photos of the same mushroom for a better answer.'));
   $('certainty').textContent = `Certainty: ${pctText(a.certainty.probability)} (${a.certainty.level}), calibrated: `
     + 'of the answers given with this certainty, about this share is right.';
@@ -210,7 +210,6 @@ async function registerServiceWorker() {
 }
 
 async function main() {
-  $('reminder').textContent = 'A photo is never enough to eat a wild mushroom: have every find identified in person by an experienced mycologist or a mushroom inspector before eating any of it.';
   try {
     await load();
   } catch (err) {

@@ -1,11 +1,13 @@
 // The page's answer from the model's outputs: a mirror of predict.py's decision, kept small.
-//   mushroom/litert.py    -> quantizeInput, dequantize (same rounding, same float32 outputs)
-//   mushroom/openset.py   -> logProbs, unknownScore, fuse, findScore
-//   mushroom/advice.py    -> advise (verdict rules, reasons word for word, look-alikes, certainty)
+//   mushroom/litert.py      -> quantizeInput, dequantize (same rounding, same float32 outputs)
+//   mushroom/openset.py     -> logProbs, unknownScore, fuse, relMahalanobis
+//   mushroom/advice.py      -> advise (verdict rules, look-alikes, certainty)
+//   mushroom/answer_text.py -> the sentences: model.json carries its templates (text.templates) and
+//                              advise fills them as Python does; this file holds none of them
 // Everything the rules need from the model folder and the config comes from model.json (built by
-// mushroom/app.py); look-alikes arrive already resolved by advice.look_alike_table, so there is no
-// species-table logic here. tests/test_app.py runs this file under Node against advise() on
-// thousands of cases (the parity guard); change both sides together.
+// mushroom/app.rules_bundle); look-alikes arrive already resolved by look_alikes.look_alike_table, so there
+// is no species-table logic here. tests/test_app.py and tests/test_advice.py run this file under Node
+// against advise() on thousands of cases (the parity guard); change both sides together.
 // Pure functions, no DOM: the page (app.js) and Node import the same module.
 
 const PRECISION = 1e-6;   // advice._SUM_TOLERANCE: renormalise only when off by more than this
@@ -331,11 +333,15 @@ export function advise(probsIn, bundle, unknown = null, image = null) {
   const edibleT = cfg.edible_threshold, dangerT = cfg.danger_threshold, notEdibleT = cfg.not_edible_threshold;
   const isEdible = (s) => edible.has(s.edibility);
   const isDangerous = (s) => dangerous.has(s.edibility);
-  const label = (s) => (s.common_name ? `${s.name} (${s.common_name})` : s.name);
+  // answer_text.say: every sentence comes from model.json's templates, filled with text formatted here
+  const templates = bundle.text.templates;
+  const say = (key, fields = {}) => templates[key].replace(/\{(\w+)\}/g, (_, k) => fields[k]);
+  const label = (s) => (s.common_name ? say('label', {name: s.name, common_name: s.common_name}) : s.name);
+  const noted = (text, note) => (note ? say('with_note', {text, note}) : text);
   const gradeSentence = (s) => (s.edibility === 'caution'
-    ? `${s.name} is graded caution: ${s.notes || meaning.caution}.`
-    : `${s.name} is graded ${s.edibility}: ${meaning[s.edibility]}.`);
-  const noteSentence = (s) => (s.notes && s.edibility !== 'caution' ? [`The species table adds for ${s.name}: ${s.notes}.`] : []);
+    ? say('grade_caution', {name: s.name, notes: s.notes || meaning.caution})
+    : say('grade', {name: s.name, grade: s.edibility, meaning: meaning[s.edibility]}));
+  const noteSentence = (s) => (s.notes && s.edibility !== 'caution' ? [say('table_note', {name: s.name, notes: s.notes})] : []);
   const risky = (la) => dangerous.has(la.edibility) || la.edibility === UNKNOWN_EDIBILITY;
   const unseenDanger = (la) => risky(la) && !la.in_model;
   const probOf = (name) => p[classes.findIndex((c) => c.name === name)];
@@ -365,16 +371,13 @@ export function advise(probsIn, bundle, unknown = null, image = null) {
   });
 
   const lookAlikeSentence = (la, of) => {
-    const name = la.name + (la.note ? ` (${la.note})` : '');
-    if (!la.in_table) {
-      return `${of.name} has a look-alike, ${name}, that is not in the species table, so the model cannot rule it out; check for it in person before eating.`;
-    }
-    const desc = `${name}, ${la.common_name}, graded ${la.edibility}`;
-    if (!la.in_model) {
-      return `${of.name} has a dangerous look-alike, ${desc}, that this model was not trained on, so it cannot rule it out; check for it in person before eating.`;
-    }
-    return `${of.name} has a dangerous look-alike, ${desc}, to which the model gives ${pct(probOf(la.name))}; rule it out in person before eating.`;
+    const name = noted(la.name, la.note);
+    if (!la.in_table) return say('look_alike_untabled', {of: of.name, name});
+    const desc = say('look_alike_desc', {name, common_name: la.common_name, grade: la.edibility});
+    if (!la.in_model) return say('look_alike_unseen', {of: of.name, desc});
+    return say('look_alike_weighed', {of: of.name, desc, p: pct(probOf(la.name))});
   };
+  const what = (la) => noted(la.in_table ? say('graded_as', {grade: la.edibility}) : say('not_in_table'), la.note);
 
   const reasons = [], rules = [];
   let verdict;
@@ -387,85 +390,75 @@ export function advise(probsIn, bundle, unknown = null, image = null) {
   if (flagged) {
     verdict = 'unknown';
     rules.push('unknown_species');
-    const share = unknown.recall ? `, which flags ${threshold(unknown.recall)} of photos of species it never learnt` : '';
-    reasons.push(`This photo does not look like any of the ${classes.length} species this model knows: its unknown-species score is ${formatG(unknown.score, 3)}, at or above the threshold ${formatG(unknown.threshold, 3)}${share}. It may be a species the model cannot name; the list shows only what it resembles most.`);
-    reasons.push('Do not eat this mushroom: the model does not know it.');
+    const share = unknown.recall ? say('flagged_share', {recall: threshold(unknown.recall)}) : '';
+    reasons.push(say('flagged', {n: String(classes.length), score: formatG(unknown.score, 3),
+      threshold: formatG(unknown.threshold, 3), share}));
+    reasons.push(say('dont_eat_unknown'));
   } else if (isEdible(best) && p1 >= edibleT && !(blockers.length || unseen.length || deadly.length || margin || unfitted)) {
     verdict = 'edible';
     rules.push('confident_edible');
-    reasons.push(`The most likely species is ${label(best)} with a calibrated probability of ${pct(p1, edibleT)}, at or above the ${threshold(edibleT)} needed before a mushroom may be called edible.`);
+    reasons.push(say('edible', {label: label(best), p: pct(p1, edibleT), t: threshold(edibleT)}));
     reasons.push(gradeSentence(best));
     reasons.push(...noteSentence(best));
-    reasons.push(`No poisonous or deadly species holds more than ${threshold(dangerT)} probability.`);
+    reasons.push(say('no_danger', {t: threshold(dangerT)}));
     reasons.push(...bestRisky.map((la) => lookAlikeSentence(la, best)));
   } else if (!isEdible(best) && p1 >= notEdibleT) {
     verdict = 'not_edible';
     rules.push('confident_not_edible');
-    reasons.push(`The most likely species is ${label(best)} with a calibrated probability of ${pct(p1, notEdibleT)}, at or above the ${threshold(notEdibleT)} needed to say with confidence that it is not edible.`);
+    reasons.push(say('not_edible', {label: label(best), p: pct(p1, notEdibleT), t: threshold(notEdibleT)}));
     reasons.push(gradeSentence(best));
     reasons.push(...noteSentence(best));
-    reasons.push(`Do not eat this mushroom: the model recognises a species that is ${best.edibility}.`);
+    reasons.push(say('dont_eat_known', {grade: best.edibility}));
   } else {
     verdict = 'uncertain';
-    const head = `The most likely species, ${label(best)}, graded ${best.edibility}, has a calibrated probability of`;
+    const head = say('head', {label: label(best), grade: best.edibility});
     if (isEdible(best) && p1 < edibleT) {
       rules.push('low_certainty');
-      reasons.push(`${head} only ${pct(p1, edibleT)}, below the ${threshold(edibleT)} needed before a mushroom may be called edible.`);
-    } else if (isEdible(best) && blockers.length) {
-      reasons.push(`${head} ${pct(p1, edibleT)}, but a poisonous or deadly species holds too much probability to rule it out.`);
-    } else if (isEdible(best) && unseen.length) {
-      reasons.push(`${head} ${pct(p1, edibleT)}, but it has a dangerous look-alike that this model was never trained on.`);
-    } else if (isEdible(best) && deadly.length) {
-      reasons.push(`${head} ${pct(p1, edibleT)}, but a look-alike that a photo cannot rule out is deadly, or poisonous in a form photos do not show.`);
-    } else if (isEdible(best) && unfitted) {
-      reasons.push(`${head} ${pct(p1, edibleT)}, but this model file was never checked against photos of species it does not know, so it never calls a mushroom edible.`);
+      reasons.push(say('low_edible', {head, p: pct(p1, edibleT), t: threshold(edibleT)}));
     } else if (isEdible(best)) {
-      reasons.push(`${head} ${pct(p1, edibleT)}, but the photo is not typical enough of the species this model knows to call it edible.`);
+      const why = blockers.length ? 'blocked_danger' : unseen.length ? 'blocked_unseen' : deadly.length ? 'blocked_deadly'
+        : unfitted ? 'blocked_unfitted' : 'blocked_margin';
+      reasons.push(say(why, {head, p: pct(p1, edibleT)}));
     } else {
       rules.push('low_certainty');
-      reasons.push(`${head} only ${pct(p1, notEdibleT)}, below the ${threshold(notEdibleT)} needed to name it with confidence.`);
+      reasons.push(say('low_not_edible', {head, p: pct(p1, notEdibleT), t: threshold(notEdibleT)}));
     }
     if (blockers.length) rules.push('dangerous_probability');
     for (const [s, q] of blockers) {
-      reasons.push(`${label(s)}, graded ${s.edibility}, holds ${pct(q, dangerT)} probability, above the ${threshold(dangerT)} that rules out calling this mushroom edible.`);
+      reasons.push(say('danger_holds', {label: label(s), grade: s.edibility, q: pct(q, dangerT), t: threshold(dangerT)}));
     }
-    const what = (la) => (la.in_table ? `graded ${la.edibility}` : 'not in the species table') + (la.note ? ` (${la.note})` : '');
     if (isEdible(best) && unseen.length) {
       rules.push('unknown_look_alike');
-      for (const la of unseen) {
-        reasons.push(`${best.name} has a look-alike, ${la.name}, ${what(la)}, that this model was never trained on: it cannot tell the two apart from a photo, so it never calls ${best.name} edible.`);
-      }
+      for (const la of unseen) reasons.push(say('unseen_rule', {best: best.name, name: la.name, what: what(la)}));
     }
     if (isEdible(best) && deadly.length) {
       rules.push('deadly_look_alike');
-      for (const la of deadly) {
-        reasons.push(`${la.of_species} has a look-alike, ${la.name}, ${what(la)}, that a photo cannot tell apart from it: a deadly look-alike, or a poisonous one in a stage or form such as an egg, always rules out calling this mushroom edible.`);
-      }
+      for (const la of deadly) reasons.push(say('deadly_rule', {of: la.of_species, name: la.name, what: what(la)}));
     }
     if (isEdible(best) && p1 >= edibleT && margin) {
       rules.push('unknown_margin');
       if (unknown.edible_threshold == null) {
-        reasons.push("Its unknown-species check has no stricter limit for 'edible' (it was fitted by an older evaluate.py): rerun evaluate.py on the model folder.");
+        reasons.push(say('margin_no_limit'));
       } else {
-        const share = unknown.edible_recall ? `; ${threshold(unknown.edible_recall)} of photos of species it never learnt score at or above it` : '';
-        const whatScore = edibleScore === unknown.score ? 'Its unknown-species score is' : 'One of its photos has an unknown-species score of';
-        reasons.push(`${whatScore} ${formatG(edibleScore, 3)}: not flagged as unknown, but at or above ${formatG(unknown.edible_threshold, 3)}, the stricter limit a photo must stay below to be called edible${share}.`);
+        const share = unknown.edible_recall ? say('margin_share', {recall: threshold(unknown.edible_recall)}) : '';
+        reasons.push(say('margin', {what: say(edibleScore === unknown.score ? 'margin_photo' : 'margin_find'),
+          score: formatG(edibleScore, 3), limit: formatG(unknown.edible_threshold, 3), share}));
       }
     }
-    reasons.push('Do not eat this mushroom: the model is not certain enough to call it edible.');
+    reasons.push(say('dont_eat_uncertain'));
   }
   if (unknown !== null && unknown.worst_photo_score == null && (verdict === 'unknown' || rules.includes('unknown_margin'))) {
     // advice._more_photos_sentence: one photo, flagged or just short of the edible limit
     const views = [...new Set(order.slice(0, 2).map((i) => classes[i].views))];
-    reasons.push(`Take more photos of this same mushroom and answer them together as one find (predict.py --one-mushroom, or more photos on the page): show ${views.join('; and ')}.`);
+    reasons.push(say('more_photos', {views: views.join(say('views_separator'))}));
   }
   if (unknown === null) {
     rules.push('no_unknown_check');
-    reasons.push('No unknown-species check is fitted for this model file: it cannot tell when a photo shows a species it does not know, so it never calls a mushroom edible. Run evaluate.py on the model folder to fit one.');
+    reasons.push(say('no_unknown_check'));
   }
   if (temperature === null) {
     rules.push('not_calibrated');
-    reasons.push('No temperature is fitted for this model file, so its probabilities are not calibrated and it never calls a mushroom edible. Run evaluate.py on the model folder to fit one.');
+    reasons.push(say('not_calibrated'));
   }
   reasons.push(bundle.text.reminder);
   const level = p1 >= edibleT ? 'high' : p1 >= notEdibleT ? 'medium' : 'low';
@@ -485,5 +478,3 @@ export function advise(probsIn, bundle, unknown = null, image = null) {
   };
 }
 
-export const VERDICT_TEXT = {edible: 'EDIBLE', not_edible: 'NOT EDIBLE', uncertain: 'UNCERTAIN - DO NOT EAT',
-  unknown: 'UNKNOWN SPECIES - DO NOT EAT'};
