@@ -35,7 +35,8 @@ A caution species that passes carries its note in the reasons. Probabilities and
 scores must be finite (ValueError otherwise: an error for the photo, never a verdict).
 Look-alikes listed: those of the top-1 species and of any other listed species above
 danger_threshold, in both directions of the table (a species lists X, or X lists the species).
-Every answer ends its reasons with REMINDER.
+Every answer ends its reasons with REMINDER. The sentences are answer_text.TEMPLATES, filled here
+and, from the same table in model.json, by the page.
 
 Certainty words: "high" when the top-1 probability >= edible_threshold (strong enough to call a
 mushroom edible), "medium" when >= not_edible_threshold, else "low".
