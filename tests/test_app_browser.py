@@ -196,7 +196,7 @@ def test_offline_after_one_visit(browser, site, tmp_path):
 
 def test_readable_at_360_px(browser, site, tmp_path):
     """A 360 px wide phone screen: nothing wider than the screen; the screenshot is saved to
-    reports/app_360px.png (docs/app_360px.png, in the README, is the same view of the demo model,
+    reports/app_360px.png (docs/app_360px.png, in docs/phone-page.md, is the same view of the demo model,
     from benchmarks/app_latency.py --screenshot)."""
     photo = _photos(tmp_path / "p", 1)[0]
     with StaticServer(site["dist"]) as server:

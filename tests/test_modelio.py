@@ -38,7 +38,8 @@ def test_missing_or_broken_meta_is_a_clear_error(tmp_path):
 
 
 def test_the_layout_is_the_readme_table(tmp_path):
-    """Every path ModelFolder gives, relative to the folder, is one the README's model-folder table names."""
+    """Every path ModelFolder gives, relative to the folder, is one the model-folder table of
+    docs/pipeline.md names."""
     from mushroom.config import PROJECT_ROOT
 
     mf = ModelFolder(tmp_path / "demo-tiny")
@@ -48,8 +49,8 @@ def test_the_layout_is_the_readme_table(tmp_path):
               mf.quantize_report: "quantize.json", mf.temperature_file: "temperature.json",
               mf.open_set_file: "open_set.json", mf.open_set_stats("ptq_int8"): "open_set/ptq_int8.npz"}
     assert {mf.relative(p): rel for p, rel in layout.items()} == {rel: rel for rel in layout.values()}
-    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
-    table = readme[readme.index("### A model folder"):readme.index("### Benchmarks")]
+    page = (PROJECT_ROOT / "docs" / "pipeline.md").read_text(encoding="utf-8")
+    table = page[page.index("## A model folder"):]
     for rel in layout.values():
         generic = rel.replace("qat_int8", "<format>").replace("ptq_int8", "<format>")
         assert f"`{generic}" in table, generic
