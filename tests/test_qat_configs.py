@@ -158,10 +158,10 @@ def test_calibrated_ranges_make_the_qat_model_compute_what_the_float_model_does(
     float model's activations, the QAT model's outputs match the float model's (real ImageNet
     weights: random ones give near-zero activations that say nothing)."""
     model = build_model("mobilenet_v2", 3, 64, weights=str(CHECKPOINT))
-    rng = np.random.default_rng(2)
-    photos = sorted((PROJECT_ROOT.parent / "shared" / "data" / "fungi128").rglob("*.jpg"))[::40][:32]
-    x = (np.stack([load_image(p, 64) for p in photos]) if photos else
-         rng.uniform(0, 255, (32, 64, 64, 3))).astype(np.float32)
+    # real photos: uniform noise gives activations far from a photo's, and the bound below is for photos
+    photos = sorted(need_shared(PROJECT_ROOT.parent / "shared" / "data" / "fungi128", "the fungi128 photos")
+                    .rglob("*.jpg"))[::40][:32]
+    x = np.stack([load_image(p, 64) for p in photos]).astype(np.float32)
     float_logits = keras.Model(model.input, model.get_layer("head_logits").output)(x).numpy()
 
     def relative_error(calibrate: bool) -> float:
