@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from mushroom import metrics, openset
+from mushroom import fidelity, metrics, openset
 from mushroom import stats as ci_stats  # `stats` below means feature statistics
 from mushroom.advice import UnknownCheck
 from mushroom.config import EXPORT_FORMATS, Config
@@ -34,7 +34,7 @@ CONTRACT_KEYS = ("model", "format", "top1", "top5", "macro_f1", "edible_precisio
                  "known_coverage", "unknown_verdict_edible", "unknown_dangerous_verdict_edible", "fused_top1",
                  *(f"{m}_ci" for m in ci_stats.CI_METRICS), "delta_top1_ci", "delta_ece_calibrated",
                  "delta_ece_calibrated_ci", "mcnemar_p", "flip_rate", "mean_abs_dprob", "max_abs_dprob",
-                 "delta_significant")
+                 "delta_significant", *fidelity.FIDELITY_KEYS)
 DELTA_KEYS = ("top1", "top5", "ece", "dangerous_error", "unknown_auroc", "known_coverage")
 
 
@@ -139,6 +139,11 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
     confidence, n_bins = cfg.evaluate.confidence, cfg.evaluate.ece_bins
     outcomes, dists = {}, {}
     temperatures, open_set_records, stats_files = {}, {}, {}
+    answers = {}   # format -> fidelity.Answers on every imported photo (all_rows' order)
+    photo_splits = {"train": train, "val": val, "test": test, "unknown_val": ops.val, "unknown_test": ops.test,
+                    "exposure": ops.exposure}
+    photo_splits = {k: s for k, s in photo_splits.items() if s is not None and len(s.rows)}
+    all_groups = [group_key(r) for s in photo_splits.values() for r in s.rows]
     # --formats evaluates some formats only: the others keep their fitted thresholds and temperatures
     # (predict.py needs them), and the new ones follow the rules already chosen for the folder.
     merging = formats is not None
@@ -156,9 +161,12 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
         if ops.val is not None and ops.test is not None:
             outs["unknown_val"] = predictor.outputs(ops.val.images)
             outs["unknown_test"] = predictor.outputs(ops.test.images)
+        for name, split in photo_splits.items():
+            if name not in outs:
+                outs[name] = predictor.outputs(split.images)
         stats = None
         if "embedding" in outs["val"]:
-            train_out = predictor.outputs(train.images)
+            train_out = outs["train"]
             stats = {**openset.fit_feature_stats(train_out["embedding"], train.labels, len(class_names)),
                      **openset.fit_rmd_stats(train_out["embedding"], train.labels, len(class_names),
                                              cfg.open_set.pca_dim)}
@@ -182,6 +190,8 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
                                cfg.evaluate.ece_bins, cfg.evaluate.confidence, cfg.evaluate.bootstrap_samples, cfg.seed)
         med, p95 = latency_ms(predictor.one(), test.images[0], cfg.evaluate.latency_runs, cfg.evaluate.latency_warmup)
         verdict_list = verdicts(calibrated, species, cfg, graded, checks, temperature)
+        answers[fmt] = fidelity.photo_answers(fidelity.concat_outputs([outs[k] for k in photo_splits]), species, cfg,
+                                              graded, temperature, stats, record)
         outcomes[fmt] = ci_stats.Outcomes.from_arrays(probs, calibrated, test.labels, verdict_list, edible, dangerous)
         dists[fmt] = ci_stats.distributions(boot.weights, outcomes[fmt], n_bins)
         entry = {
@@ -217,6 +227,14 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
     for entry in entries:
         fmt = entry["format"]
         entry.update(ci_stats.paired(outcomes[ref], outcomes[fmt], dists[ref], dists[fmt], confidence, n_bins))
+        entry.update(fidelity.agreement(answers[ref], answers[fmt], all_groups, cfg.evaluate.bootstrap_samples,
+                                        cfg.seed, confidence))
+        if fmt != ref:
+            flag = entry["flag_agreement_all"]
+            log(f"  {fmt:9s} vs {ref} on all {entry['agreement_all_n']} imported photos: same species "
+                f"{entry['agreement_all']:.1%} {_ci_text(entry['agreement_all_ci'])}, same verdict "
+                f"{entry['verdict_agreement_all']:.1%}, same unknown flag "
+                + ("–" if flag is None else f"{flag:.1%}"))
         if fmt != ref:
             log(f"  {fmt:9s} vs {ref}: Δtop-1 {entry['delta_top1']:+.3f} {_ci_text(entry['delta_top1_ci'], True)}"
                 f"{' (significant)' if entry['delta_significant'] else ''}, McNemar p {entry['mcnemar_p']:.3f} "

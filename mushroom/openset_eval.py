@@ -58,11 +58,13 @@ class OpenSetData:
     test_species: list[str]
     dangerous: dict[str, bool]      # species -> poisonous/deadly
     exposure_species: list[str]     # trained on as "other mushrooms" (outlier exposure); never evaluated
+    exposure: Split | None = None   # their photos: only the fidelity of the formats is measured on them
 
 
 def load_open_set(cfg: Config, data_dir: Path, class_names: list[str], size: int) -> OpenSetData:
     """Every imported photo (any split) of the unknown species that fit or measure the threshold
-    (species.unknown_partition: exposure species trained the model and are never evaluated)."""
+    (species.unknown_partition: exposure species trained the model and are never evaluated as
+    unknowns; their photos are loaded for the formats' agreement with the float model only)."""
     rows = manifest.read_manifest(manifest.manifest_path(data_dir))
     part = unknown_partition(cfg, {r["species"] for r in rows}, class_names)
 
@@ -73,7 +75,8 @@ def load_open_set(cfg: Config, data_dir: Path, class_names: list[str], size: int
         images = np.stack([load_image(data_dir / r["path"], size) for r in picked])
         return Split(images, np.full(len(picked), -1), picked, 0)
 
-    return OpenSetData(split(part.fit), split(part.measure), part.fit, part.measure, part.dangerous, part.exposure)
+    return OpenSetData(split(part.fit), split(part.measure), part.fit, part.measure, part.dangerous, part.exposure,
+                       split(part.exposure))
 
 def verdicts(calibrated: np.ndarray, species: list[Species], cfg: Config, graded: list[Species],
              checks: list[UnknownCheck | None] | None, temperature: float | None) -> list[str]:

@@ -69,10 +69,16 @@ TABLE_COLUMNS = (
     ("McNemar p", "mcnemar_p", _p_value), ("Δtop-5", "delta_top5", "{:+.3f}"),
     ("ΔECE", "delta_ece", "{:+.3f}"), ("Δdangerous", "delta_dangerous_error", "{:+.3f}"),
     ("n test", "n_test", "{}"),
+    # Fidelity to the float reference on every imported photo (no labels needed: mushroom.fidelity).
+    ("same species as float (all photos)", "agreement_all", _with_ci("agreement_all", "{:.3f}")),
+    ("same verdict", "verdict_agreement_all", _with_ci("verdict_agreement_all", "{:.3f}")),
+    ("same unknown flag", "flag_agreement_all", _with_ci("flag_agreement_all", "{:.3f}")),
+    ("n all", "agreement_all_n", "{}"),
 )
 # comparison.csv: the table's keys, then these, intervals as <key>_lo and <key>_hi.
 CSV_INTERVALS = ("top1_ci", "top5_ci", "macro_f1_ci", "edible_f1_ci", "ece_calibrated_ci",
-                 "dangerous_verdict_edible_ci", "edible_verdict_edible_ci", "delta_top1_ci", "delta_ece_calibrated_ci")
+                 "dangerous_verdict_edible_ci", "edible_verdict_edible_ci", "delta_top1_ci", "delta_ece_calibrated_ci",
+                 "agreement_all_ci", "verdict_agreement_all_ci", "flag_agreement_all_ci")
 CSV_EXTRA = ("delta_ece_calibrated", "flip_rate", "mean_abs_dprob", "max_abs_dprob", "delta_significant",
              "mcnemar_b", "mcnemar_c", "bootstrap_samples", "ci_confidence")
 # reports/predictions.csv: one row per model x format x test photo (known test and unknown-test species).
@@ -112,6 +118,9 @@ SUMMARY_COLUMNS = (
     ("known kept", "known_coverage", "{:.2f}"), ("unknown → 'edible'", "unknown_verdict_edible", "{:.3f}"),
     ("poisonous → 'edible'", "dangerous_verdict_edible", "{:.3f}"),
     ("size MB", "size_mb", "{:.2f}"), ("ms (1 thread)", "latency_ms_median", "{:.1f}"),
+    ("same species / verdict as float, all photos", "agreement_all",
+     lambda e: None if e.get("agreement_all") is None or e.get("format") == e.get("reference_format") else
+     _with_ci("agreement_all", "{:.3f}")(e) + f" / {e['verdict_agreement_all']:.3f}"),
 )
 
 
