@@ -1,6 +1,7 @@
 # make demo  : create .venv, install, run the whole study on the small demo config
 # make test  : create .venv, install, run the test suite
 # make full-chain : config.yaml's EfficientNetV2-M through every stage on a slice of photos (time and memory)
+# make study-cv DATA=DIR : the whole chain on FOLDS (5) group folds of the known species' photos, pooled (docs/study-cv.md)
 # make app   : build the phone page (app/dist/) for the model predict.py picks, or MODEL=<folder or .tflite>
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -11,8 +12,9 @@ CONFIG ?= configs/demo.yaml
 DATA ?=
 GROUP ?= date
 MODEL ?=
+FOLDS ?= 5
 
-.PHONY: venv test demo pipeline results app full-chain
+.PHONY: venv test demo pipeline results app full-chain study-cv
 
 $(STAMP): requirements.txt constraints.txt
 	$(PY) -m venv $(VENV)
@@ -32,6 +34,10 @@ test: $(DEV_STAMP)
 # make demo DATA=DIR imports DIR/<Species_name>/*.jpg (grouped by the GROUP column of DIR/manifest.csv) instead of downloading.
 demo: $(STAMP)
 	$(BIN)/python pipeline.py --config $(CONFIG) $(if $(DATA),--from-folder $(DATA) $(if $(and $(GROUP),$(wildcard $(DATA)/manifest.csv)),--group-column $(GROUP),),)
+
+# Every known photo tested once: reports/cv/study_cv.md (resumable per fold; a complete fold is skipped).
+study-cv: $(STAMP)
+	$(BIN)/python pipeline.py --config $(CONFIG) --set study.cv_folds=$(FOLDS) $(if $(DATA),--from-folder $(DATA) $(if $(and $(GROUP),$(wildcard $(DATA)/manifest.csv)),--group-column $(GROUP),),)
 
 pipeline: $(STAMP)
 	$(BIN)/python pipeline.py --config config.yaml $(if $(DATA),--from-folder $(DATA) $(if $(and $(GROUP),$(wildcard $(DATA)/manifest.csv)),--group-column $(GROUP),),)

@@ -216,6 +216,10 @@ SCHEMA: dict = {
         # Stages pipeline.py runs at once (a stage starts when the ones it needs are done).
         "parallel_stages": Type(int, low=1, high=8),
     },
+    "study": {
+        "cv_folds": Type(int, low=0, high=20),   # 0: one train/val/test split; k >= 3: the k-fold study
+        "fold": Type(int, low=0, high=20),       # set by the k-fold study for each fold's scripts; 0 otherwise
+    },
     "wandb": {
         "project": STR,
         "entity": Optional(STR),
@@ -372,6 +376,9 @@ def validate(data: dict) -> Config:
         raise ConfigError(f"config key 'data.split' fractions must add up to 1, they add up to {total:g}")
     if split["train"] <= 0:
         raise ConfigError("config key 'data.split.train' must be above 0")
+    if checked["study"]["cv_folds"] in (1, 2):
+        raise ConfigError("config key 'study.cv_folds' must be 0 (one train/val/test split) or at least 3 (each fold "
+                          "tests once, the next validates, the others train)")
     names: dict[str, str] = {}
     ids: dict[int, str] = {}
     entries = [(f"species[{i}]", sp) for i, sp in enumerate(checked["species"])]

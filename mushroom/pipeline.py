@@ -225,18 +225,93 @@ def run_pipeline(cfg: Config, config_path: str, overrides: list[str], from_folde
                "achievable accuracy. With internet, or a local weights file, rerun with --force.")
         print(f"{BANNER}\n{msg}\n{BANNER}", flush=True)
         run.notes.append(msg)
-    run.stages = plan(cfg, config_path, overrides, from_folder, group_column, force)
     start = time.perf_counter()
-    failed = run_stages(run.stages, cfg.pipeline.parallel_stages)
+    if cfg.study.cv_folds:
+        return run_study_cv(cfg, config_path, overrides, from_folder, group_column, force, run, start)
+    run.stages = plan(cfg, config_path, overrides, from_folder, group_column, force)
+    _run_or_stop(run, cfg.pipeline.parallel_stages)
     run.seconds = time.perf_counter() - start
+    print(f"\n{run.table()}", flush=True)
+    _write_run(run, cfg, Path(cfg.paths.reports_dir) / "pipeline.json")
+    return run
+
+
+def _run_or_stop(run: PipelineRun, parallel: int, stages: list[Stage] | None = None) -> None:
+    stages = run.stages if stages is None else stages
+    failed = run_stages(stages, parallel)
     if failed is not None:
         print(f"\n{run.table()}", flush=True)
         raise UserError(f"stage '{failed.name}' failed (exit {failed.exit_code}); its message is above. Fix it and "
                         "rerun the same command: completed stages are skipped")
-    print(f"\n{run.table()}", flush=True)
-    write_json(Path(cfg.paths.reports_dir) / "pipeline.json", {
+
+
+def _write_run(run: PipelineRun, cfg: Config, path: Path) -> None:
+    write_json(path, {
         "stages": [{"name": s.name, "status": s.status, "seconds": s.seconds, "peak_rss_gb": s.peak_rss_gb}
                    for s in run.stages], "notes": run.notes,
         "seconds": run.seconds, "parallel_stages": cfg.pipeline.parallel_stages,
         "peak_rss_gb_self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2})
+
+
+def cv_plan(cfg: Config, config_path: str, overrides: list[str], force: bool) -> list[Stage]:
+    """Every fold's train -> quantize -> evaluate of the forager's model (study_cv.fold_overrides point
+    the scripts at the fold's folders); the head-only baseline is not part of the quantization study."""
+    from mushroom.config import with_overrides
+    from mushroom.study_cv import fold_overrides
+
+    py = sys.executable
+    formats = list(cfg.quantize.formats)
+    force_flag = ["--force"] if force else []
+    stages = []
+    for fold in range(1, cfg.study.cv_folds + 1):
+        extra = fold_overrides(cfg, fold)
+        fcfg = with_overrides(cfg, extra)
+        common = ["--config", config_path] + [a for ov in overrides + extra for a in ("--set", ov)]
+        model, data_dir, reports = ModelFolder.of_model(fcfg), Path(fcfg.paths.data_dir), Path(fcfg.paths.reports_dir)
+        train, quant = f"fold{fold} train {cfg.model.name}", f"fold{fold} quantize"
+        stages += [
+            Stage(train, [py, "train_efficientnet_v2.py", *common], lambda m=model: m.is_trained() and not force),
+            Stage(quant, [py, "quantize_qat.py", str(model), *common, *force_flag],
+                  lambda m=model: m.is_quantized(formats) and not force, after=(train,)),
+            Stage(f"fold{fold} evaluate", [py, "evaluate.py", str(model), *common],
+                  lambda m=model, r=reports, d=data_dir: _newer(r / "metrics.json", [m.path, d / "manifest.csv"])
+                  and m.open_set_is_current() and not force, after=(quant,)),
+        ]
+    return stages
+
+
+def run_study_cv(cfg: Config, config_path: str, overrides: list[str], from_folder: str | None,
+                 group_column: str | None, force: bool, run: PipelineRun, start: float) -> PipelineRun:
+    """study.cv_folds = k: import (or download) the photos once, deal the known species' finds into k
+    folds, run every fold's stages (a complete fold is skipped: the study resumes), pool the folds'
+    per-photo answers, and write reports/cv/study_cv.{json,md}."""
+    from mushroom import study_cv, tracking
+    from mushroom.config import with_overrides
+
+    download = plan(cfg, config_path, overrides, from_folder, group_column, force)[0]
+    run.stages = [download]
+    _run_or_stop(run, 1)
+    k = cfg.study.cv_folds
+    folders = study_cv.prepare_folds(cfg, k)
+    print(f"\n=== {k} folds of the known species' finds: {', '.join(str(f) for f in folders)}", flush=True)
+    run.stages += cv_plan(cfg, config_path, overrides, force)
+    _run_or_stop(run, cfg.pipeline.parallel_stages, run.stages[1:])
+    fold_cfgs = [with_overrides(cfg, study_cv.fold_overrides(cfg, i)) for i in range(1, k + 1)]
+    model = ModelFolder.of_model(fold_cfgs[0]).path.name
+    result = study_cv.pool([Path(c.paths.reports_dir) for c in fold_cfgs], model, cfg)
+    run.seconds = time.perf_counter() - start
+    reports = study_cv.cv_dirs(cfg)["reports"]
+    command = "pipeline.py " + shlex.join(["--config", config_path] + [a for ov in overrides for a in ("--set", ov)])
+    text = study_cv.write_pooled(result, reports, run.seconds, command)
+    print(f"\n{run.table()}\n\n{text}", flush=True)
+    _write_run(run, cfg, reports / "pipeline.json")
+    cv_cfg = with_overrides(cfg, [f"experiment={cfg.experiment}-cv"])
+    wb = tracking.start_run(cv_cfg, "study-cv", name=f"{cv_cfg.experiment}-pooled")
+    if wb is not None and wb.settings.mode != "disabled":
+        for fmt, figures in result["formats"].items():
+            for key, value in figures.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    wb.summary[f"{fmt}/{key}"] = value
+        wb.save(str(reports / "study_cv.md"), base_path=str(reports), policy="now")
+    tracking.finish(wb)
     return run

@@ -71,11 +71,14 @@ def start_run(cfg: Config, job_type: str, name: str | None = None, dir: str | os
     import wandb
 
     mode = resolve_mode(cfg)
+    fold = cfg.study.fold
+    if fold and name:   # the k-fold study: one group, the folds told apart by name and tag
+        name = f"{name}-fold{fold}"
     if dir is not None:
         Path(dir).mkdir(parents=True, exist_ok=True)
     kwargs = dict(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.experiment, job_type=job_type,
                   name=name, config=cfg.to_dict(), dir=str(dir) if dir is not None else None,
-                  reinit="finish_previous")
+                  reinit="finish_previous", tags=[f"fold{fold}"] if fold else None)
     if mode == "online":
         try:
             return wandb.init(mode="online", settings=wandb.Settings(init_timeout=float(cfg.wandb.init_timeout_s)),
