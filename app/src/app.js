@@ -7,7 +7,7 @@ import {resizeWithPad} from './preprocess.js';
 
 const $ = (id) => document.getElementById(id);
 const app = {bundle: null, model: null, stats: null, find: [], lastAnswer: null, lastInputs: [],
-  timings: {load_ms: null, photos_ms: [], stages_ms: []}, engine: null, offlineReady: false, error: null, busy: false};
+  timings: {load_ms: null, photos_ms: [], stages_ms: [], answers_ms: []}, engine: null, offlineReady: false, error: null, busy: false};
 window.mushroomApp = app;
 
 function status(text) { $('status').textContent = text; }
@@ -177,8 +177,10 @@ async function addPhotos(files, replace) {
     app.find.push(...added);
     if (errors.length) showError(errors.join(' '));
     if (app.find.length) {
+      const t0 = performance.now();
       app.lastInputs = app.find.map((p) => p.pixels);
       app.lastAnswer = answerFind(app.bundle, app.find.map((p) => p.outputs), app.stats, app.find.map((p) => p.name).join(', '));
+      app.timings.answers_ms.push(performance.now() - t0);     // unknown-species score, fusion, verdict
       render(app.lastAnswer);
     }
     status(ready());
