@@ -16,7 +16,7 @@ from mushroom import openset
 from mushroom.advice import RULES, UnknownCheck, advise
 from mushroom.look_alikes import look_alike_table
 from mushroom.app import (BUNDLE_FILE, MODEL_FILE, OPENSET_FILE, build_app, check_same_outputs, fix_batch,
-                          openset_binary, rules_bundle, site_bytes)
+                          openset_binary, rules_bundle, site_bytes, WASM_COMPAT, WASM_SIMD, WASM_THREADED)
 from mushroom.config import PROJECT_ROOT
 from mushroom.images import resize_with_pad
 from mushroom.species import Species, graded_species
@@ -108,8 +108,20 @@ def test_build_writes_the_site_and_everything_predict_reads(tiny_model_folder, t
     # the service worker precaches every file but the .wasm builds, under a name from their hashes
     sw = (dist / "sw.js").read_text()
     assert f"mushroom-{out['cache_version']}" in sw and '"model.tflite"' in sw and ".wasm\"" not in sw
+    precache = json.loads(sw.split("const PRECACHE = ", 1)[1].split(";\n", 1)[0])
+    assert "model.tflite" in precache and not [f for f in precache if f.startswith("wasm/")]   # the page caches its build
+    # it isolates the page (a static host may send no such headers), so the threaded build can run
+    assert "'Cross-Origin-Opener-Policy': 'same-origin'" in sw and "'Cross-Origin-Embedder-Policy': 'require-corp'" in sw
+    # the three builds the page may load (relaxed SIMD, compat, threaded), byte for byte LiteRT.js'; not JSPI
+    wasm = PROJECT_ROOT / "app" / "node_modules" / "@litertjs/core/wasm"
+    assert sorted(p.name for p in (dist / "wasm").iterdir()) == sorted(WASM_SIMD + WASM_COMPAT + WASM_THREADED)
+    for name in WASM_THREADED:
+        assert (dist / "wasm" / name).read_bytes() == (wasm / name).read_bytes()
     sizes = site_bytes(dist)
     assert sizes["gzip"] < sizes["total"] and "wasm/litert_wasm_compat_internal.wasm" not in sizes["files"]
+    threaded = site_bytes(dist, WASM_THREADED)
+    assert "wasm/litert_wasm_threaded_internal.wasm" in threaded["files"]
+    assert "wasm/litert_wasm_internal.wasm" not in threaded["files"]
     # no other host anywhere in the page's own files
     for name in ("index.html", "app.js", "sw.js", "manifest.webmanifest"):
         assert "http://" not in (dist / name).read_text() and "https://" not in (dist / name).read_text()

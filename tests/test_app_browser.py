@@ -143,22 +143,56 @@ def test_page_answers_a_photo_and_survives_a_non_image(browser, site, tmp_path):
         assert c["error"] is None and c["top5"] == a["top5"]
 
 
+def _answer_each(browser, photos) -> tuple[list[dict], list]:
+    page, inputs = [], []
+    for p in photos:
+        page.append(answer_photos(browser, [p]))
+        inputs.append(browser.execute_script("return Array.from(window.mushroomApp.lastInputs[0]);"))
+    return page, inputs
+
+
+def _same_answers(a: list[dict], b: list[dict]) -> bool:
+    keys = ("top5", "verdict", "reasons", "rules", "look_alikes", "unknown_score", "certainty")
+    return [{k: x.get(k) for k in keys} for x in a] == [{k: x.get(k) for k in keys} for x in b]
+
+
 def test_parity_with_predict(browser, site, tmp_path):
     """Every photo answered by the page and by predict.py on the same model file: same top-1 and
     verdict on >= 99 %, probabilities within 0.01 (measured: identical); one find of three photos
     too. The page's 128 px inputs are Pillow's to the byte; camera-size JPEGs may differ where
-    Chromium's JPEG decoder rounds differently from Pillow's (reported, not asserted)."""
+    Chromium's JPEG decoder rounds differently from Pillow's (reported, not asserted).
+
+    The server sends no COOP/COEP headers (as a static host): the first visit reloads once and the
+    page is then cross-origin isolated by its service worker and runs LiteRT.js' threaded build
+    (min(4, cores) threads, when the machine has more than one core); the page with ?threads=1
+    (the single-thread build) gives the same answers to the bit."""
     photos = _photos(tmp_path / "p")
     python = _predict_json(photos, site["dist"].parent / "models" / site["folder"].name / "tflite" / "ptq_int8.tflite",
                            site["overrides"])
+    cores = browser.execute_script("return navigator.hardwareConcurrency")
     with StaticServer(site["dist"]) as server:
-        load_page(browser, server.url)
-        page, inputs = [], []
-        for p in photos:
-            page.append(answer_photos(browser, [p]))
-            inputs.append(browser.execute_script("return Array.from(window.mushroomApp.lastInputs[0]);"))
+        import urllib.request
+
+        with urllib.request.urlopen(server.url) as r:          # the host itself isolates nothing
+            assert r.headers.get("Cross-Origin-Embedder-Policy") is None
+        engine = load_page(browser, server.url)
+        assert browser.execute_script("return self.crossOriginIsolated && typeof SharedArrayBuffer === 'function'")
+        assert engine["isolated"] and engine["relaxed_simd"] and engine["fallback"] is None
+        # the headers come from the service worker, on what it serves
+        coep = browser.execute_async_script("const done = arguments[0]; fetch('model.json').then("
+                                            "(r) => done(r.headers.get('Cross-Origin-Embedder-Policy')), (e) => done(String(e)));")
+        assert coep == "require-corp"
+        if cores > 1:
+            assert engine["build"] == "threaded" and engine["threads"] == min(4, cores) > 1
+            assert browser.execute_script("return document.documentElement.dataset.engine") == f"threaded:{engine['threads']}"
+            assert f"{engine['threads']} threads" in browser.find_element("id", "engine").text
+        page, inputs = _answer_each(browser, photos)
         fused = answer_photos(browser, photos[:3])
+        single = load_page(browser, server.url + "?threads=1")
+        assert single["build"] == "simd" and single["threads"] == 1 and single["isolated"]
+        page_single, inputs_single = _answer_each(browser, photos)
     assert all(a["error"] is None for a in page)
+    assert _same_answers(page_single, page) and inputs_single == inputs       # threads change nothing
     stats = compare(page, python)
     # the model's input pixels, page vs images.load_image: equal for lossless PNG by construction;
     # for JPEG they depend on Chromium's decoder matching Pillow's (reported)
@@ -175,6 +209,27 @@ def test_parity_with_predict(browser, site, tmp_path):
     assert compare([fused], [one])["verdict"] == 1.0 and fused["unknown_score"] == pytest.approx(one["unknown_score"], rel=1e-9)
 
 
+def test_the_page_answers_unisolated_with_one_thread(browser, site, tmp_path):
+    """The fallback: a page that stays unisolated (here: the one reload already spent in this tab,
+    as in a browser whose service worker cannot isolate it) runs the single-thread build without
+    reloading again, and gives predict.py's answers."""
+    photos = _photos(tmp_path / "p", 1)[:4]
+    python = _predict_json(photos, site["dist"].parent / "models" / site["folder"].name / "tflite" / "ptq_int8.tflite",
+                           site["overrides"])
+    with StaticServer(site["dist"]) as server:                 # a new port: a new origin, never visited
+        browser.get(server.url + "model.json")
+        browser.execute_script("sessionStorage.setItem('mushroom-isolation-reload', '1');")
+        engine = load_page(browser, server.url)
+        assert not browser.execute_script("return self.crossOriginIsolated")
+        assert (engine["isolated"], engine["build"], engine["threads"]) == (False, "simd", 1)
+        assert "not cross-origin isolated" in browser.find_element("id", "engine").text
+        page = [answer_photos(browser, [p]) for p in photos]
+        wait_for(browser, "window.mushroomApp.offlineReady", 60, "caching the page")   # and no reload came
+        assert browser.execute_script("return window.mushroomApp.answered") == len(photos)
+    stats = compare(page, python)
+    assert stats["top1"] == 1.0 and stats["verdict"] == 1.0 and stats["max_abs_dprob"] <= 0.01
+
+
 def test_offline_after_one_visit(browser, site, tmp_path):
     photo = _photos(tmp_path / "p", 1)[0]
     server = StaticServer(site["dist"]).start()
@@ -182,6 +237,7 @@ def test_offline_after_one_visit(browser, site, tmp_path):
         load_page(browser, server.url)
         wait_for(browser, "window.mushroomApp.offlineReady", 60, "caching the page for offline use")
         online = answer_photos(browser, [photo])
+        engine = browser.execute_script("return window.mushroomApp.engine")
     finally:
         server.stop()
     with pytest.raises(Exception):               # the server is really gone
@@ -189,7 +245,7 @@ def test_offline_after_one_visit(browser, site, tmp_path):
 
         urllib.request.urlopen(server.url, timeout=2)
     browser.refresh()
-    load_page(browser, server.url)
+    assert load_page(browser, server.url) == engine      # isolated from the cache too: the same runtime
     offline = answer_photos(browser, [photo])
     assert offline["error"] is None and offline["top5"] == online["top5"] and offline["verdict"] == online["verdict"]
 
