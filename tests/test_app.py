@@ -333,6 +333,25 @@ console.log(JSON.stringify(input.map((v) => [[1, 2, 3].map((d) => fixed(v, d)), 
     assert got == [[[f"{v:.{d}f}" for d in (1, 2, 3)], f"{v:.3g}", f"{v:g}"] for v in values]
 
 
+def test_js_quantize_input_is_literts():
+    """decision.quantizeInput (its 256-entry table for 8-bit pixels, and the plain loop) gives
+    litert.quantize_input's integers for every pixel value, with the demo's input parameters and
+    others that round half to even and clip."""
+    from mushroom.litert import quantize_input
+
+    cases = [[1.0, 0, "uint8"], [1 / 255, 0, "uint8"], [0.0078125, 128, "uint8"], [0.5, -3, "int8"],
+             [2.0, 7, "int8"], [0.3, 1, "int16"], [0.0, 0, "uint8"]]
+    got = run_node("""
+import {quantizeInput} from './decision.js';
+const pixels = Uint8Array.from({length: 256}, (_, v) => v);
+console.log(JSON.stringify(input.map(([s, z, d]) => [Array.from(quantizeInput(pixels, s, z, d)),
+  Array.from(quantizeInput(Array.from(pixels), s, z, d))])));
+""", cases)
+    for (scale, zp, dtype), (table, loop) in zip(cases, got):
+        want = quantize_input(np.arange(256), scale, zp, dtype).tolist()
+        assert table == want and loop == want, (scale, zp, dtype)
+
+
 # --- the resize: preprocess.js vs images.resize_with_pad --------------------------------------------------
 def test_js_resize_is_pillows_byte_for_byte(tmp_path):
     """Random images of many shapes (downscale by < 3, by more, with Image.reduce first, odd
