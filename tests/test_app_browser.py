@@ -1,7 +1,10 @@
 """The phone page in a real browser (Debian's chromium + chromium-driver, through selenium), served
 from 127.0.0.1: it loads and answers a real photo, rejects a non-image with a clear message and
 keeps working, gives predict.py's answers (same top-1 and verdict, same probabilities), answers
-offline after one visit, and fits a 360 px wide screen. The site is built here from the tiny test
+offline after one visit, and fits a 360 px wide screen. Its service worker makes it cross-origin
+isolated on a server that sends no COOP/COEP headers, so it runs LiteRT.js' threaded build, with
+the same answers as the single-thread build; unisolated, or when the threaded build fails, it runs
+the single-thread build. The site is built here from the tiny test
 model with an unknown-species threshold (CI has no models/); test_parity_on_the_demo_test_photos
 also runs on the demo model when this checkout has one.
 
@@ -228,6 +231,24 @@ def test_the_page_answers_unisolated_with_one_thread(browser, site, tmp_path):
         assert browser.execute_script("return window.mushroomApp.answered") == len(photos)
     stats = compare(page, python)
     assert stats["top1"] == 1.0 and stats["verdict"] == 1.0 and stats["max_abs_dprob"] <= 0.01
+
+
+def test_a_threaded_build_that_fails_leaves_the_single_thread_one(browser, site, tmp_path):
+    """An isolated page whose threaded build does not start (here: its file is missing, as offline
+    with only the single-thread build cached) runs the single-thread build and says why."""
+    import shutil
+
+    dist = tmp_path / "dist"
+    shutil.copytree(site["dist"], dist)
+    (dist / "wasm" / "litert_wasm_threaded_internal.js").unlink()
+    photo = _photos(tmp_path / "p", 1)[0]
+    with StaticServer(dist) as server:
+        engine = load_page(browser, server.url)
+        if browser.execute_script("return navigator.hardwareConcurrency") > 1:
+            assert engine["isolated"] and engine["fallback"] and (engine["build"], engine["threads"]) == ("simd", 1)
+            assert "the threaded build failed" in browser.find_element("id", "engine").text
+        a = answer_photos(browser, [photo])
+    assert a["error"] is None and a["verdict"] in ("edible", "not_edible", "uncertain", "unknown")
 
 
 def test_offline_after_one_visit(browser, site, tmp_path):
