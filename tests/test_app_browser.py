@@ -251,6 +251,25 @@ def test_a_threaded_build_that_fails_leaves_the_single_thread_one(browser, site,
     assert a["error"] is None and a["verdict"] in ("edible", "not_edible", "uncertain", "unknown")
 
 
+def test_a_service_worker_that_cannot_install_leaves_the_page_unisolated_at_once(browser, site, tmp_path):
+    """A worker whose install fails (a file it precaches is missing) never takes control: the first
+    visit does not wait for it (up to 30 s) but loads the single-thread build and answers."""
+    import shutil
+    import time
+
+    dist = tmp_path / "dist"
+    shutil.copytree(site["dist"], dist)
+    (dist / "icon-512.png").unlink()
+    photo = _photos(tmp_path / "p", 1)[0]
+    with StaticServer(dist) as server:
+        t0 = time.monotonic()
+        engine = load_page(browser, server.url)
+        assert time.monotonic() - t0 < 15
+        assert (engine["isolated"], engine["build"], engine["threads"]) == (False, "simd", 1)
+        a = answer_photos(browser, [photo])
+    assert a["error"] is None and a["verdict"] in ("edible", "not_edible", "uncertain", "unknown")
+
+
 def test_offline_after_one_visit(browser, site, tmp_path):
     photo = _photos(tmp_path / "p", 1)[0]
     server = StaticServer(site["dist"]).start()

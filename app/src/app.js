@@ -268,11 +268,17 @@ async function isolateFirst() {
       || wantedThreads() <= 1 || !(await supportsFeature('relaxedSimd'))) return false;
   try {
     if (sessionStorage.getItem(RELOAD_KEY)) return false;
-    await navigator.serviceWorker.register('sw.js');
-    const controlled = await Promise.race([
+    const reg = await navigator.serviceWorker.register('sw.js');
+    const worker = reg.installing || reg.waiting;
+    // no new worker but an active one (a hard reload bypassed it): a plain reload puts it in control
+    const controlled = !worker && reg.active ? true : await Promise.race([
       new Promise((resolve) => navigator.serviceWorker.addEventListener('controllerchange', () => resolve(true), {once: true})),
+      // a worker whose install fails (a file it precaches is missing) will never take control
+      new Promise((resolve) => worker && worker.addEventListener('statechange', () => {
+        if (worker.state === 'redundant') resolve(false);
+      })),
       new Promise((resolve) => setTimeout(() => resolve(false), ISOLATE_WAIT_MS))]);
-    if (!controlled || !navigator.serviceWorker.controller) return false;
+    if (!controlled) return false;
     sessionStorage.setItem(RELOAD_KEY, String(Date.now()));
   } catch (err) {
     console.warn('cross-origin isolation:', err);
