@@ -74,8 +74,9 @@ async function startRuntime(engine) {
 function engineText(e) {
   const simd = e.relaxed_simd ? 'relaxed SIMD' : 'SIMD (no relaxed SIMD in this browser)';
   const threads = e.threads > 1 ? `${e.threads} threads` : '1 thread';
-  const why = e.threads > 1 ? '' : e.wanted_threads <= 1 ? ' (as asked)'
-    : !e.isolated ? ' (the page is not cross-origin isolated yet)' : e.fallback ? ' (the threaded build failed)' : '';
+  const why = e.threads > 1 ? '' : e.cores <= 1 ? ' (one core)' : e.wanted_threads <= 1 ? ' (as asked: ?threads=1)'
+    : !e.relaxed_simd ? ' (threads need relaxed SIMD)' : e.fallback ? ' (the threaded build failed)'
+    : !e.isolated ? ' (the page is not cross-origin isolated)' : '';
   return `Engine: LiteRT.js on wasm, ${simd}, ${threads}${why}.`;
 }
 
