@@ -325,8 +325,9 @@ def test_parity_on_the_demo_test_photos(browser, tmp_path):
     photos = demo_test_photos()
     python = _predict_json(photos, path, [])
     with StaticServer(tmp_path / "dist") as server:
-        load_page(browser, server.url)
+        engine = load_page(browser, server.url)
         page = [answer_photos(browser, [p]) for p in photos]
     stats = compare(page, python)
-    print(f"\nparity, {folder.name} {fmt} on {len(photos)} demo test photos: {stats}")
+    print(f"\nparity, {folder.name} {fmt} on {len(photos)} demo test photos ({engine['build']} build, "
+          f"{engine['threads']} threads): {stats}")
     assert stats["top1"] >= 0.99 and stats["verdict"] >= 0.99 and stats["max_abs_dprob"] <= 0.01
