@@ -24,9 +24,11 @@ self.addEventListener('activate', (event) => {
     .then(() => self.clients.claim()));
 });
 
-// The same response with the isolation headers (an opaque or error response as it is).
+// The same response with the isolation headers (an opaque or error response, and one that may carry
+// no body, as it is).
 function isolated(response) {
-  if (!response || response.status === 0 || response.type === 'opaque' || response.type === 'error') return response;
+  if (!response || response.status === 0 || response.type === 'opaque' || response.type === 'error'
+      || [101, 204, 205, 304].includes(response.status)) return response;
   const headers = new Headers(response.headers);
   for (const [k, v] of Object.entries(ISOLATION)) headers.set(k, v);
   return new Response(response.body, {status: response.status, statusText: response.statusText, headers});
