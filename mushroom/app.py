@@ -15,8 +15,9 @@ What the page needs to give the same answer as predict.py, and where it comes fr
   triangle, float32, as predict.py reads it from the npz) and the class means already multiplied
   by it (float64, computed here exactly as openset.mahalanobis does), so the page does one
   triangular product per photo;
-- LiteRT.js and its two plain .wasm builds (relaxed SIMD, and compat for browsers without it;
-  not the threaded build, which needs COOP/COEP headers a static host may not send);
+- LiteRT.js and three of its .wasm builds: relaxed SIMD, compat (for browsers without relaxed
+  SIMD) and threaded (relaxed SIMD + threads, which needs a cross-origin isolated page: sw.js adds
+  the COOP/COEP headers a static host may not send); not the JSPI build (WebGPU only);
 - a web manifest, icons and a service worker whose precache list and cache name come from the
   built files' hashes, so a rebuilt model replaces the cached one.
 """
@@ -57,6 +58,8 @@ BARE_IMPORT = '"@litertjs/wasm-utils"'
 WASM_DIR = "wasm"
 WASM_SIMD = ("litert_wasm_internal.js", "litert_wasm_internal.wasm")
 WASM_COMPAT = ("litert_wasm_compat_internal.js", "litert_wasm_compat_internal.wasm")
+WASM_THREADED = ("litert_wasm_threaded_internal.js", "litert_wasm_threaded_internal.wasm")
+WASM_BUILDS = WASM_SIMD + WASM_COMPAT + WASM_THREADED   # the page caches the one build it runs
 # The Tensor table's shape_signature field (schema.fbs: Tensor field 7 -> vtable offset 4 + 2 * 7).
 _SHAPE_SIGNATURE_VT = 18
 _INT_DTYPES = {np.uint8: "uint8", np.int8: "int8", np.int16: "int16", np.int32: "int32", np.float32: "float32"}
@@ -287,7 +290,7 @@ def _copy_runtime(dist: Path, node_modules: Path) -> None:
     (dist / RUNTIME_JS[1]).write_text(js.replace(BARE_IMPORT, f'"./{RUNTIME_UTILS[1]}"'), encoding="utf-8")
     shutil.copyfile(node_modules / RUNTIME_UTILS[0], dist / RUNTIME_UTILS[1])
     (dist / WASM_DIR).mkdir()
-    for name in WASM_SIMD + WASM_COMPAT:
+    for name in WASM_BUILDS:
         shutil.copyfile(node_modules / "@litertjs/core/wasm" / name, dist / WASM_DIR / name)
 
 
@@ -309,13 +312,13 @@ def _icons(dist: Path) -> None:
 
 def _fill_service_worker(dist: Path) -> str:
     """Write sw.js with the precache list (every built file but the .wasm builds, of which the page
-    caches the one its browser loads: 9 MB each) and a cache name from their hashes."""
+    caches the one its browser runs: 9 MB each) and a cache name from their hashes."""
     files = sorted(p.relative_to(dist).as_posix() for p in dist.rglob("*") if p.is_file())
     digest = hashlib.sha256()
     for rel in files:
         digest.update(rel.encode() + b"\0" + (dist / rel).read_bytes())
     version = digest.hexdigest()[:16]
-    wasm = {f"{WASM_DIR}/{n}" for n in WASM_SIMD + WASM_COMPAT}
+    wasm = {f"{WASM_DIR}/{n}" for n in WASM_BUILDS}
     precache = ["./"] + [f for f in files if f not in wasm and f != "index.html"] + ["index.html"]
     sw = (SRC_DIR / SW_FILE).read_text(encoding="utf-8")
     for key, value in (("__CACHE_VERSION__", version), ("__PRECACHE__", json.dumps(precache))):
@@ -328,9 +331,9 @@ def _fill_service_worker(dist: Path) -> str:
 
 def site_bytes(dist: Path, wasm_build: tuple[str, str] = WASM_SIMD) -> dict:
     """What a phone downloads on its first visit: every file the service worker precaches plus one
-    .wasm build (the relaxed-SIMD one by default), raw and gzipped (level 9, as a static server
-    with compression would send)."""
-    skip = {f"{WASM_DIR}/{n}" for n in WASM_SIMD + WASM_COMPAT if n not in wasm_build}
+    .wasm build (the relaxed-SIMD one by default; a browser that can run threads downloads only
+    WASM_THREADED), raw and gzipped (level 9, as a static server with compression would send)."""
+    skip = {f"{WASM_DIR}/{n}" for n in WASM_BUILDS if n not in wasm_build}
     total = gz = 0
     by_file = {}
     for p in sorted(dist.rglob("*")):

@@ -111,12 +111,21 @@ def chromium(width: int = 412, height: int = 915):
 
 def wait_for(driver, script: str, timeout: float = 90.0, what: str = "the page"):
     """Poll a JavaScript expression until it is truthy; its value. A page error ends the wait."""
+    from selenium.common.exceptions import JavascriptException, WebDriverException
+
     deadline = time.monotonic() + timeout
     while True:
-        value = driver.execute_script(f"return ({script});")
+        try:
+            value = driver.execute_script(f"return ({script});")
+            error = None if value else driver.execute_script("return window.mushroomApp && window.mushroomApp.error;")
+        except (JavascriptException, WebDriverException) as exc:
+            # the page reloading itself (the first visit reloads once to become cross-origin
+            # isolated) destroys the script's context: poll again
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: `{script}` failed after {timeout:.0f} s: {exc}") from exc
+            value = error = None
         if value:
             return value
-        error = driver.execute_script("return window.mushroomApp && window.mushroomApp.error;")
         if error:
             raise AssertionError(f"{what} failed: {error}")
         if time.monotonic() > deadline:
@@ -124,9 +133,13 @@ def wait_for(driver, script: str, timeout: float = 90.0, what: str = "the page")
         time.sleep(0.05)
 
 
-def load_page(driver, url: str, timeout: float = 120.0) -> None:
+def load_page(driver, url: str, timeout: float = 120.0) -> dict:
+    """Open the page (on a first visit it reloads itself once, cross-origin isolated by its service
+    worker) and wait until the model is loaded; the runtime it chose (window.mushroomApp.engine:
+    build 'threaded', 'simd' or 'compat', threads, isolated, relaxed_simd, cores)."""
     driver.get(url)
     wait_for(driver, "window.mushroomApp && window.mushroomApp.ready", timeout, "loading the model")
+    return driver.execute_script("return window.mushroomApp.engine;")
 
 
 def answer_photos(driver, photos, new_find: bool = True, timeout: float = 60.0) -> dict:

@@ -16,7 +16,7 @@ from mushroom import openset
 from mushroom.advice import RULES, UnknownCheck, advise
 from mushroom.look_alikes import look_alike_table
 from mushroom.app import (BUNDLE_FILE, MODEL_FILE, OPENSET_FILE, build_app, check_same_outputs, fix_batch,
-                          openset_binary, rules_bundle, site_bytes)
+                          openset_binary, rules_bundle, site_bytes, WASM_COMPAT, WASM_SIMD, WASM_THREADED)
 from mushroom.config import PROJECT_ROOT
 from mushroom.images import resize_with_pad
 from mushroom.species import Species, graded_species
@@ -108,8 +108,20 @@ def test_build_writes_the_site_and_everything_predict_reads(tiny_model_folder, t
     # the service worker precaches every file but the .wasm builds, under a name from their hashes
     sw = (dist / "sw.js").read_text()
     assert f"mushroom-{out['cache_version']}" in sw and '"model.tflite"' in sw and ".wasm\"" not in sw
+    precache = json.loads(sw.split("const PRECACHE = ", 1)[1].split(";\n", 1)[0])
+    assert "model.tflite" in precache and not [f for f in precache if f.startswith("wasm/")]   # the page caches its build
+    # it isolates the page (a static host may send no such headers), so the threaded build can run
+    assert "'Cross-Origin-Opener-Policy': 'same-origin'" in sw and "'Cross-Origin-Embedder-Policy': 'require-corp'" in sw
+    # the three builds the page may load (relaxed SIMD, compat, threaded), byte for byte LiteRT.js'; not JSPI
+    wasm = PROJECT_ROOT / "app" / "node_modules" / "@litertjs/core/wasm"
+    assert sorted(p.name for p in (dist / "wasm").iterdir()) == sorted(WASM_SIMD + WASM_COMPAT + WASM_THREADED)
+    for name in WASM_THREADED:
+        assert (dist / "wasm" / name).read_bytes() == (wasm / name).read_bytes()
     sizes = site_bytes(dist)
     assert sizes["gzip"] < sizes["total"] and "wasm/litert_wasm_compat_internal.wasm" not in sizes["files"]
+    threaded = site_bytes(dist, WASM_THREADED)
+    assert "wasm/litert_wasm_threaded_internal.wasm" in threaded["files"]
+    assert "wasm/litert_wasm_internal.wasm" not in threaded["files"]
     # no other host anywhere in the page's own files
     for name in ("index.html", "app.js", "sw.js", "manifest.webmanifest"):
         assert "http://" not in (dist / name).read_text() and "https://" not in (dist / name).read_text()
@@ -319,6 +331,25 @@ import {fixed, formatG} from './decision.js';
 console.log(JSON.stringify(input.map((v) => [[1, 2, 3].map((d) => fixed(v, d)), formatG(v, 3), formatG(v, 6)])));
 """, values)
     assert got == [[[f"{v:.{d}f}" for d in (1, 2, 3)], f"{v:.3g}", f"{v:g}"] for v in values]
+
+
+def test_js_quantize_input_is_literts():
+    """decision.quantizeInput (its 256-entry table for 8-bit pixels, and the plain loop) gives
+    litert.quantize_input's integers for every pixel value, with the demo's input parameters and
+    others that round half to even and clip."""
+    from mushroom.litert import quantize_input
+
+    cases = [[1.0, 0, "uint8"], [1 / 255, 0, "uint8"], [0.0078125, 128, "uint8"], [0.5, -3, "int8"],
+             [2.0, 7, "int8"], [0.3, 1, "int16"], [0.0, 0, "uint8"]]
+    got = run_node("""
+import {quantizeInput} from './decision.js';
+const pixels = Uint8Array.from({length: 256}, (_, v) => v);
+console.log(JSON.stringify(input.map(([s, z, d]) => [Array.from(quantizeInput(pixels, s, z, d)),
+  Array.from(quantizeInput(Array.from(pixels), s, z, d))])));
+""", cases)
+    for (scale, zp, dtype), (table, loop) in zip(cases, got):
+        want = quantize_input(np.arange(256), scale, zp, dtype).tolist()
+        assert table == want and loop == want, (scale, zp, dtype)
 
 
 # --- the resize: preprocess.js vs images.resize_with_pad --------------------------------------------------

@@ -1,7 +1,10 @@
 """The phone page in a real browser (Debian's chromium + chromium-driver, through selenium), served
 from 127.0.0.1: it loads and answers a real photo, rejects a non-image with a clear message and
 keeps working, gives predict.py's answers (same top-1 and verdict, same probabilities), answers
-offline after one visit, and fits a 360 px wide screen. The site is built here from the tiny test
+offline after one visit, and fits a 360 px wide screen. Its service worker makes it cross-origin
+isolated on a server that sends no COOP/COEP headers, so it runs LiteRT.js' threaded build, with
+the same answers as the single-thread build; unisolated, or when the threaded build fails, it runs
+the single-thread build. The site is built here from the tiny test
 model with an unknown-species threshold (CI has no models/); test_parity_on_the_demo_test_photos
 also runs on the demo model when this checkout has one.
 
@@ -143,22 +146,56 @@ def test_page_answers_a_photo_and_survives_a_non_image(browser, site, tmp_path):
         assert c["error"] is None and c["top5"] == a["top5"]
 
 
+def _answer_each(browser, photos) -> tuple[list[dict], list]:
+    page, inputs = [], []
+    for p in photos:
+        page.append(answer_photos(browser, [p]))
+        inputs.append(browser.execute_script("return Array.from(window.mushroomApp.lastInputs[0]);"))
+    return page, inputs
+
+
+def _same_answers(a: list[dict], b: list[dict]) -> bool:
+    keys = ("top5", "verdict", "reasons", "rules", "look_alikes", "unknown_score", "certainty")
+    return [{k: x.get(k) for k in keys} for x in a] == [{k: x.get(k) for k in keys} for x in b]
+
+
 def test_parity_with_predict(browser, site, tmp_path):
     """Every photo answered by the page and by predict.py on the same model file: same top-1 and
     verdict on >= 99 %, probabilities within 0.01 (measured: identical); one find of three photos
     too. The page's 128 px inputs are Pillow's to the byte; camera-size JPEGs may differ where
-    Chromium's JPEG decoder rounds differently from Pillow's (reported, not asserted)."""
+    Chromium's JPEG decoder rounds differently from Pillow's (reported, not asserted).
+
+    The server sends no COOP/COEP headers (as a static host): the first visit reloads once and the
+    page is then cross-origin isolated by its service worker and runs LiteRT.js' threaded build
+    (min(4, cores) threads, when the machine has more than one core); the page with ?threads=1
+    (the single-thread build) gives the same answers to the bit."""
     photos = _photos(tmp_path / "p")
     python = _predict_json(photos, site["dist"].parent / "models" / site["folder"].name / "tflite" / "ptq_int8.tflite",
                            site["overrides"])
+    cores = browser.execute_script("return navigator.hardwareConcurrency")
     with StaticServer(site["dist"]) as server:
-        load_page(browser, server.url)
-        page, inputs = [], []
-        for p in photos:
-            page.append(answer_photos(browser, [p]))
-            inputs.append(browser.execute_script("return Array.from(window.mushroomApp.lastInputs[0]);"))
+        import urllib.request
+
+        with urllib.request.urlopen(server.url) as r:          # the host itself isolates nothing
+            assert r.headers.get("Cross-Origin-Embedder-Policy") is None
+        engine = load_page(browser, server.url)
+        assert browser.execute_script("return self.crossOriginIsolated && typeof SharedArrayBuffer === 'function'")
+        assert engine["isolated"] and engine["relaxed_simd"] and engine["fallback"] is None
+        # the headers come from the service worker, on what it serves
+        coep = browser.execute_async_script("const done = arguments[0]; fetch('model.json').then("
+                                            "(r) => done(r.headers.get('Cross-Origin-Embedder-Policy')), (e) => done(String(e)));")
+        assert coep == "require-corp"
+        if cores > 1:
+            assert engine["build"] == "threaded" and engine["threads"] == min(4, cores) > 1
+            assert browser.execute_script("return document.documentElement.dataset.engine") == f"threaded:{engine['threads']}"
+            assert f"{engine['threads']} threads" in browser.find_element("id", "engine").text
+        page, inputs = _answer_each(browser, photos)
         fused = answer_photos(browser, photos[:3])
+        single = load_page(browser, server.url + "?threads=1")
+        assert single["build"] == "simd" and single["threads"] == 1 and single["isolated"]
+        page_single, inputs_single = _answer_each(browser, photos)
     assert all(a["error"] is None for a in page)
+    assert _same_answers(page_single, page) and inputs_single == inputs       # threads change nothing
     stats = compare(page, python)
     # the model's input pixels, page vs images.load_image: equal for lossless PNG by construction;
     # for JPEG they depend on Chromium's decoder matching Pillow's (reported)
@@ -175,6 +212,64 @@ def test_parity_with_predict(browser, site, tmp_path):
     assert compare([fused], [one])["verdict"] == 1.0 and fused["unknown_score"] == pytest.approx(one["unknown_score"], rel=1e-9)
 
 
+def test_the_page_answers_unisolated_with_one_thread(browser, site, tmp_path):
+    """The fallback: a page that stays unisolated (here: the one reload already spent in this tab,
+    as in a browser whose service worker cannot isolate it) runs the single-thread build without
+    reloading again, and gives predict.py's answers."""
+    photos = _photos(tmp_path / "p", 1)[:4]
+    python = _predict_json(photos, site["dist"].parent / "models" / site["folder"].name / "tflite" / "ptq_int8.tflite",
+                           site["overrides"])
+    with StaticServer(site["dist"]) as server:                 # a new port: a new origin, never visited
+        browser.get(server.url + "model.json")
+        browser.execute_script("sessionStorage.setItem('mushroom-isolation-reload', '1');")
+        engine = load_page(browser, server.url)
+        assert not browser.execute_script("return self.crossOriginIsolated")
+        assert (engine["isolated"], engine["build"], engine["threads"]) == (False, "simd", 1)
+        assert "not cross-origin isolated" in browser.find_element("id", "engine").text
+        page = [answer_photos(browser, [p]) for p in photos]
+        wait_for(browser, "window.mushroomApp.offlineReady", 60, "caching the page")   # and no reload came
+        assert browser.execute_script("return window.mushroomApp.answered") == len(photos)
+    stats = compare(page, python)
+    assert stats["top1"] == 1.0 and stats["verdict"] == 1.0 and stats["max_abs_dprob"] <= 0.01
+
+
+def test_a_threaded_build_that_fails_leaves_the_single_thread_one(browser, site, tmp_path):
+    """An isolated page whose threaded build does not start (here: its file is missing, as offline
+    with only the single-thread build cached) runs the single-thread build and says why."""
+    import shutil
+
+    dist = tmp_path / "dist"
+    shutil.copytree(site["dist"], dist)
+    (dist / "wasm" / "litert_wasm_threaded_internal.js").unlink()
+    photo = _photos(tmp_path / "p", 1)[0]
+    with StaticServer(dist) as server:
+        engine = load_page(browser, server.url)
+        if browser.execute_script("return navigator.hardwareConcurrency") > 1:
+            assert engine["isolated"] and engine["fallback"] and (engine["build"], engine["threads"]) == ("simd", 1)
+            assert "the threaded build failed" in browser.find_element("id", "engine").text
+        a = answer_photos(browser, [photo])
+    assert a["error"] is None and a["verdict"] in ("edible", "not_edible", "uncertain", "unknown")
+
+
+def test_a_service_worker_that_cannot_install_leaves_the_page_unisolated_at_once(browser, site, tmp_path):
+    """A worker whose install fails (a file it precaches is missing) never takes control: the first
+    visit does not wait for it (up to 30 s) but loads the single-thread build and answers."""
+    import shutil
+    import time
+
+    dist = tmp_path / "dist"
+    shutil.copytree(site["dist"], dist)
+    (dist / "icon-512.png").unlink()
+    photo = _photos(tmp_path / "p", 1)[0]
+    with StaticServer(dist) as server:
+        t0 = time.monotonic()
+        engine = load_page(browser, server.url)
+        assert time.monotonic() - t0 < 15
+        assert (engine["isolated"], engine["build"], engine["threads"]) == (False, "simd", 1)
+        a = answer_photos(browser, [photo])
+    assert a["error"] is None and a["verdict"] in ("edible", "not_edible", "uncertain", "unknown")
+
+
 def test_offline_after_one_visit(browser, site, tmp_path):
     photo = _photos(tmp_path / "p", 1)[0]
     server = StaticServer(site["dist"]).start()
@@ -182,6 +277,7 @@ def test_offline_after_one_visit(browser, site, tmp_path):
         load_page(browser, server.url)
         wait_for(browser, "window.mushroomApp.offlineReady", 60, "caching the page for offline use")
         online = answer_photos(browser, [photo])
+        engine = browser.execute_script("return window.mushroomApp.engine")
     finally:
         server.stop()
     with pytest.raises(Exception):               # the server is really gone
@@ -189,7 +285,7 @@ def test_offline_after_one_visit(browser, site, tmp_path):
 
         urllib.request.urlopen(server.url, timeout=2)
     browser.refresh()
-    load_page(browser, server.url)
+    assert load_page(browser, server.url) == engine      # isolated from the cache too: the same runtime
     offline = answer_photos(browser, [photo])
     assert offline["error"] is None and offline["top5"] == online["top5"] and offline["verdict"] == online["verdict"]
 
@@ -229,8 +325,9 @@ def test_parity_on_the_demo_test_photos(browser, tmp_path):
     photos = demo_test_photos()
     python = _predict_json(photos, path, [])
     with StaticServer(tmp_path / "dist") as server:
-        load_page(browser, server.url)
+        engine = load_page(browser, server.url)
         page = [answer_photos(browser, [p]) for p in photos]
     stats = compare(page, python)
-    print(f"\nparity, {folder.name} {fmt} on {len(photos)} demo test photos: {stats}")
+    print(f"\nparity, {folder.name} {fmt} on {len(photos)} demo test photos ({engine['build']} build, "
+          f"{engine['threads']} threads): {stats}")
     assert stats["top1"] >= 0.99 and stats["verdict"] >= 0.99 and stats["max_abs_dprob"] <= 0.01

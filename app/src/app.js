@@ -7,7 +7,7 @@ import {resizeWithPad} from './preprocess.js';
 
 const $ = (id) => document.getElementById(id);
 const app = {bundle: null, model: null, stats: null, find: [], lastAnswer: null, lastInputs: [],
-  timings: {load_ms: null, photos_ms: []}, offlineReady: false, error: null, busy: false};
+  timings: {load_ms: null, photos_ms: [], stages_ms: [], answers_ms: []}, engine: null, offlineReady: false, error: null, busy: false};
 window.mushroomApp = app;
 
 function status(text) { $('status').textContent = text; }
@@ -24,17 +24,75 @@ async function fetchOk(url) {
   return r;
 }
 
+// --- the runtime ---------------------------------------------------------------------------------------
+// LiteRT.js ships four wasm builds: relaxed SIMD (the default), compat (no relaxed SIMD: Safari),
+// threaded (relaxed SIMD + threads, needs SharedArrayBuffer, so a cross-origin isolated page) and
+// JSPI (for WebGPU, unused here). The page runs the threaded one with min(4, cores) threads when
+// it is isolated (sw.js makes it so from the second load on), else the single-thread one its
+// browser supports. ?threads=1 forces the single-thread build, ?threads=N sets the thread count
+// (the benchmark and the tests use both).
+const MAX_THREADS = 4;
+const RELOAD_KEY = 'mushroom-isolation-reload';
+const WASM_FILES = {
+  threaded: ['litert_wasm_threaded_internal.js', 'litert_wasm_threaded_internal.wasm'],
+  simd: ['litert_wasm_internal.js', 'litert_wasm_internal.wasm'],
+  compat: ['litert_wasm_compat_internal.js', 'litert_wasm_compat_internal.wasm'],
+};
+
+function wantedThreads() {
+  const asked = parseInt(new URLSearchParams(location.search).get('threads'), 10);
+  const cores = navigator.hardwareConcurrency || 1;
+  return Number.isFinite(asked) && asked >= 1 ? Math.min(asked, cores) : Math.min(MAX_THREADS, cores);
+}
+
+async function chooseEngine() {
+  const relaxedSimd = await supportsFeature('relaxedSimd');
+  const isolated = !!self.crossOriginIsolated;
+  const threads = wantedThreads();
+  // LiteRT.js' threaded build is also a relaxed-SIMD build: no threads without relaxed SIMD
+  const threadable = relaxedSimd && threads > 1 && isolated && await supportsFeature('threads');
+  return {build: threadable ? 'threaded' : relaxedSimd ? 'simd' : 'compat', threads: threadable ? threads : 1,
+    wanted_threads: threads, isolated, relaxed_simd: relaxedSimd, cores: navigator.hardwareConcurrency || 1,
+    fallback: null};
+}
+
+async function startRuntime(engine) {
+  if (engine.build === 'threaded') {
+    try {
+      await loadLiteRt('./wasm/', {threads: true});
+      return engine;
+    } catch (err) {                  // the single-thread build still answers
+      console.warn('threaded LiteRT.js failed, single thread instead:', err);
+      Object.assign(engine, {build: engine.relaxed_simd ? 'simd' : 'compat', threads: 1,
+        fallback: String(err && err.message || err)});
+    }
+  }
+  await loadLiteRt('./wasm/');
+  return engine;
+}
+
+function engineText(e) {
+  const simd = e.relaxed_simd ? 'relaxed SIMD' : 'SIMD (no relaxed SIMD in this browser)';
+  const threads = e.threads > 1 ? `${e.threads} threads` : '1 thread';
+  const why = e.threads > 1 ? '' : e.cores <= 1 ? ' (one core)' : e.wanted_threads <= 1 ? ' (as asked: ?threads=1)'
+    : !e.relaxed_simd ? ' (threads need relaxed SIMD)' : e.fallback ? ' (the threaded build failed)'
+    : !e.isolated ? ' (the page is not cross-origin isolated)' : '';
+  return `Engine: LiteRT.js on wasm, ${simd}, ${threads}${why}.`;
+}
+
 async function load() {
   const t0 = performance.now();
   // the same bundles predict.py's rules would refuse (no fitted check or temperature): no answers at all
   app.bundle = validateBundle(await (await fetchOk('model.json')).json());
-  app.simd = await supportsFeature('relaxedSimd');
-  await loadLiteRt('./wasm/');
-  app.model = await loadAndCompile('model.tflite', {accelerator: 'wasm'});
+  app.engine = await startRuntime(await chooseEngine());
+  app.simd = app.engine.relaxed_simd;
+  app.model = await loadAndCompile('model.tflite', {accelerator: 'wasm', cpuOptions: {numThreads: app.engine.threads}});
   const stats = app.bundle.open_set && app.bundle.open_set.stats;
   if (stats) app.stats = readStats(await (await fetchOk(stats.file)).arrayBuffer(), stats);
   app.outputNames = app.model.getOutputDetails().map((d) => d.name);
   app.timings.load_ms = performance.now() - t0;
+  document.documentElement.dataset.engine = `${app.engine.build}:${app.engine.threads}`;
+  $('engine').textContent = engineText(app.engine);
 }
 
 // One photo -> the model's outputs by role, dequantized as mushroom/litert.py does.
@@ -85,14 +143,18 @@ async function decode(file) {
 async function analyse(file) {
   const t0 = performance.now();
   const img = await decode(file);
+  const t1 = performance.now();
   const pixels = resizeWithPad(img.data, img.width, img.height, app.bundle.model.image_size);
+  const t2 = performance.now();
   let outputs;
   try {
     outputs = checkOutputs(await run(pixels));
   } catch (err) {
     throw new Error(`“${file.name}”: ${err.message || err}.`);
   }
-  app.timings.photos_ms.push(performance.now() - t0);
+  const t3 = performance.now();
+  app.timings.photos_ms.push(t3 - t0);
+  app.timings.stages_ms.push({decode: t1 - t0, resize: t2 - t1, model: t3 - t2});
   return {name: file.name, url: URL.createObjectURL(file), pixels, outputs};
 }
 
@@ -116,8 +178,10 @@ async function addPhotos(files, replace) {
     app.find.push(...added);
     if (errors.length) showError(errors.join(' '));
     if (app.find.length) {
+      const t0 = performance.now();
       app.lastInputs = app.find.map((p) => p.pixels);
       app.lastAnswer = answerFind(app.bundle, app.find.map((p) => p.outputs), app.stats, app.find.map((p) => p.name).join(', '));
+      app.timings.answers_ms.push(performance.now() - t0);     // unknown-species score, fusion, verdict
       render(app.lastAnswer);
     }
     status(ready());
@@ -192,13 +256,44 @@ function ready() {
 }
 
 // --- offline ---------------------------------------------------------------------------------------------
+// The first visit: the page is not isolated (nothing controls it yet). Where threads could run
+// (relaxed SIMD, more than one core, not ?threads=1) it registers the worker first, waits until
+// the worker has cached the page and controls it, and reloads once, so that the model is loaded
+// once, by the threaded build, with the worker's isolation headers. Never twice in one tab
+// (sessionStorage), so a browser that stays unisolated never loops; a worker that does not take
+// control within ISOLATE_WAIT_MS, or any error, leaves the single-thread build running.
+const ISOLATE_WAIT_MS = 30000;
+
+async function isolateFirst() {
+  if (self.crossOriginIsolated || !('serviceWorker' in navigator) || navigator.serviceWorker.controller
+      || wantedThreads() <= 1 || !(await supportsFeature('relaxedSimd'))) return false;
+  try {
+    if (sessionStorage.getItem(RELOAD_KEY)) return false;
+    const reg = await navigator.serviceWorker.register('sw.js');
+    const worker = reg.installing || reg.waiting;
+    // no new worker but an active one (a hard reload bypassed it): a plain reload puts it in control
+    const controlled = !worker && reg.active ? true : await Promise.race([
+      new Promise((resolve) => navigator.serviceWorker.addEventListener('controllerchange', () => resolve(true), {once: true})),
+      // a worker whose install fails (a file it precaches is missing) will never take control
+      new Promise((resolve) => worker && worker.addEventListener('statechange', () => {
+        if (worker.state === 'redundant') resolve(false);
+      })),
+      new Promise((resolve) => setTimeout(() => resolve(false), ISOLATE_WAIT_MS))]);
+    if (!controlled) return false;
+    sessionStorage.setItem(RELOAD_KEY, String(Date.now()));
+  } catch (err) {
+    console.warn('cross-origin isolation:', err);
+    return false;
+  }
+  location.reload();
+  return true;
+}
+
 async function registerServiceWorker() {
   if (!('serviceWorker' in navigator)) return;
   await navigator.serviceWorker.register('sw.js');
   const reg = await navigator.serviceWorker.ready;
-  const wasm = app.simd ? ['litert_wasm_internal.js', 'litert_wasm_internal.wasm']
-    : ['litert_wasm_compat_internal.js', 'litert_wasm_compat_internal.wasm'];
-  const urls = wasm.map((f) => new URL(`wasm/${f}`, location.href).href);
+  const urls = WASM_FILES[app.engine.build].map((f) => new URL(`wasm/${f}`, location.href).href);
   const reply = await new Promise((resolve) => {
     const channel = new MessageChannel();
     channel.port1.onmessage = (e) => resolve(e.data);
@@ -210,6 +305,7 @@ async function registerServiceWorker() {
 }
 
 async function main() {
+  if (await isolateFirst()) return;     // reloading
   try {
     await load();
   } catch (err) {

@@ -67,6 +67,11 @@ export function quantizeInput(pixels, scale, zeroPoint, dtype) {
   const out = dtype === 'int8' ? new Int8Array(pixels.length) : dtype === 'uint8' ? new Uint8Array(pixels.length)
     : new Float32Array(pixels.length);
   if (!(dtype in RANGES)) { out.set(pixels); return out; }
+  if (pixels instanceof Uint8Array) {      // 8-bit pixels: the same formula on each of 256 values, looked up
+    const table = quantizeInput(Uint16Array.from({length: 256}, (_, v) => v), scale, zeroPoint, dtype);
+    for (let i = 0; i < pixels.length; i++) out[i] = table[pixels[i]];
+    return out;
+  }
   for (let i = 0; i < pixels.length; i++) {
     const q = roundHalfEven(scale ? pixels[i] / scale + zeroPoint : pixels[i]);
     out[i] = q < lo ? lo : q > hi ? hi : q;
