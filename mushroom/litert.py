@@ -131,9 +131,17 @@ class TFLiteModel:
         """The outputs this file gives: "probs", and "logits" / "embedding" when exported with them."""
         return tuple(self._outputs)
 
+    def set_input(self, tensor: np.ndarray) -> None:
+        """Set the input to one prepared tensor (prepare()), for invoke()."""
+        self._interpreter.set_tensor(self._input["index"], tensor)
+
+    def invoke(self) -> None:
+        """The runtime alone, on the input already set (what mushroom.latency times as "invoke")."""
+        self._interpreter.invoke()
+
     def run_one(self, tensor: np.ndarray) -> np.ndarray:
         """Invoke on one prepared tensor; the raw probability output (integers for int8 models)."""
-        self._interpreter.set_tensor(self._input["index"], tensor)
+        self.set_input(tensor)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output["index"])[0].copy()
 
