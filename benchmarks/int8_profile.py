@@ -11,16 +11,31 @@ round-robin, one process, invoke alone and end to end, paired ratios):
   the Interpreter with XNNPACK (default), with its latest features, without XNNPACK (builtin
   kernels), and LiteRT's CompiledModel (XNNPACK; YNNPACK when the build has it).
 - `prefix`: bisection of the folder's Keras model: sub-models from the input up to the end of
-  each MobileNetV2 stage, each converted to float32 and PTQ int8 (random calibration: the ranges
-  change no kernel and no time) and timed interleaved; the per-stage cost is the difference of
-  consecutive prefixes.
+  each MobileNetV2 stage, each converted to float32 and to int8 (PTQ on random pixels: the ranges
+  change no kernel and no time; int8 in and out, so no QUANTIZE op at the cut) and timed
+  interleaved; the per-stage cost is the difference of consecutive prefixes.
 - `ops`: single layers at the shapes the demo's MobileNetV2 (192 px) runs: the stem conv, depthwise
-  3x3 and pointwise 1x1 convs of each resolution, the last 1x1 conv, the head; float32 vs int8.
+  3x3 and pointwise 1x1 convs of each resolution, the last 1x1 conv; float32 vs int8 (int8 in and out).
 - `io`: the exported interface: uint8 vs int8 pixels in, three outputs vs the probabilities only.
 
-Measured 2026-12-03 on this machine (AMD EPYC, 2 cores shared with other jobs, KVM: the CPU flags
-show AVX2 and FMA but no AVX-512 and no VNNI; load average ~0.3-1.0), demo forager (MobileNetV2,
-192 px); see docs/benchmarks.md ("int8 on this CPU") for the tables and what they mean.
+Measured 2026-12-03 on this machine (AMD EPYC under KVM, 2 cores shared with other jobs: the CPU
+flags show AVX2 and FMA, no AVX-512, no VNNI; load average 3.4-5), demo forager (MobileNetV2,
+192 px), int8 / float32 invoke at 1 thread, paired per round (tables in docs/benchmarks.md, "int8
+on this CPU"):
+
+    runtime  XNNPACK 1.10 (8.06 vs 8.63 ms), XNNPACK latest features 1.12, CompiledModel 1.15,
+             YNNPACK not in this build, builtin kernels without XNNPACK 0.83 (29.2 vs 25.0 ms)
+    io       uint8 in + 3 outputs 1.07, int8 in 1.05, probabilities only 1.08
+    prefix   cumulative ratio from the input: stem + block 0 2.21, to 48 px 1.54, to 24 px 1.32,
+             to 12 px 1.31 / 1.18, to 6 px 1.27 / 1.07, Conv_1 1.09, whole model 1.13 (an earlier
+             version with the uint8 interface at each cut: 2.55, 1.65, 1.55, 1.43, 1.31, 1.22, 1.16,
+             1.16, 1.15)
+    ops      stem conv 3x3/2 on 3 channels 3.46; depthwise 3x3 at 96-24 px 1.18-1.28, at 12-6 px
+             0.81-0.96; 1x1 with K = 16-32 at 96-24 px 1.36-1.70; 1x1 with K >= 96: 0.54-1.07
+
+So the int8 file's floor here is ~1.1x float32, set by XNNPACK's AVX2 int8 kernels (no VNNI) in
+the stem, the depthwise and the low-K 1x1 convs at high resolution; on a CPU with AVX512-VNNI the
+same files gave 0.62x (../shared/MEASURED.md).
 """
 from __future__ import annotations
 
@@ -133,17 +148,6 @@ def part_runtime(files: dict[str, Path], rounds: int, warmup: int) -> None:
               f"{t.paired_ratio('int8', 'invoke', 'float32'):>20.2f}")
 
 
-def _convert_pair(model, folder: Path, name: str) -> dict[str, Path]:
-    from mushroom.quantization import convert
-
-    reps = np.random.default_rng(0).integers(0, 256, (8, *model.input_shape[1:])).astype(np.uint8)
-    out = {}
-    for fmt in ("float32", "ptq_int8"):
-        out[fmt] = folder / f"{name}-{fmt}.tflite"
-        out[fmt].write_bytes(convert(model, fmt, reps if fmt == "ptq_int8" else None))
-    return out
-
-
 def _time_pairs(pairs: dict[str, dict[str, Path]], size: int, rounds: int, warmup: int) -> dict[str, latency.Timings]:
     """Every file of every pair in one interleaved pass (1 thread), invoke alone."""
     targets = {f"{name}|{fmt}": _interpreter_target(p, 1) for name, pair in pairs.items() for fmt, p in pair.items()}
@@ -159,16 +163,16 @@ def part_prefix(keras_path: Path, size: int, rounds: int, warmup: int, tmp: Path
     started = time.perf_counter()
     for label, layer in STAGES:
         sub = keras.Model(model.input, model.get_layer(layer).output)
-        pairs[label] = _convert_pair(sub, tmp, layer)
+        pairs[label] = _convert_bare(sub, tmp, layer, high=255.0)
     print(f"\n## prefix bisection: input -> end of each stage, 1 thread, invoke alone "
           f"({len(pairs) * 2} files converted in {time.perf_counter() - started:.0f} s; {rounds} rounds, load {load_avg()})")
     t = _time_pairs(pairs, size, rounds, warmup)
     print(f"{'up to':<28} {'float32':>8} {'int8':>8} {'ratio':>6} | {'stage f32':>9} {'stage int8':>10} {'ratio':>6}")
     prev = (0.0, 0.0)
     for label, _ in STAGES:
-        f, q = t.median(f"{label}|float32", "invoke"), t.median(f"{label}|ptq_int8", "invoke")
+        f, q = t.median(f"{label}|float32", "invoke"), t.median(f"{label}|int8", "invoke")
         df, dq = f - prev[0], q - prev[1]
-        paired = t.paired_ratio(f"{label}|ptq_int8", "invoke", f"{label}|float32")
+        paired = t.paired_ratio(f"{label}|int8", "invoke", f"{label}|float32")
         print(f"{label:<28} {f:>8.2f} {q:>8.2f} {paired:>6.2f} | {df:>9.2f} {dq:>10.2f} "
               f"{(dq / df if df > 0.02 else float('nan')):>6.2f}")
         prev = (f, q)
@@ -198,12 +202,12 @@ def _op_specs():
     )
 
 
-def _convert_bare(model, folder: Path, name: str) -> dict[str, Path]:
+def _convert_bare(model, folder: Path, name: str, high: float = 6.0) -> dict[str, Path]:
     """float32 and int8 files of `model` with an int8 interface (int8 in, int8 out): no QUANTIZE
-    op around the layer, so the int8 file times the layer's kernel alone."""
+    op at either end, so the int8 file times the kernels alone. Calibrated on uniform [0, high]."""
     from mushroom.keras_env import tf
 
-    reps = np.random.default_rng(0).uniform(0, 6, (8, *model.input_shape[1:])).astype(np.float32)
+    reps = np.random.default_rng(0).uniform(0, high, (8, *model.input_shape[1:])).astype(np.float32)
     out = {"float32": folder / f"{name}-float32.tflite", "int8": folder / f"{name}-int8.tflite"}
     out["float32"].write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
