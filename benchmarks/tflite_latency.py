@@ -7,15 +7,17 @@
 Without --model-folder, weights=None models are built and converted on the fly into a temporary
 folder (each conversion in its own child process, as in quantize_qat.py); the int8 files are
 calibrated on random pixels and the QAT model is not fine-tuned, which changes no size and no
-latency. Latency: median and p95 over --runs single-image invokes after --warmup, with 1 thread
-and with all cores. Prints a table (with the float32 tensors left in each int8 file) and the
-int8/float32 ratios of size and 1-thread latency.
+latency. Latency: mushroom.latency, the routine evaluate.py uses: every format of a model timed
+round-robin in one process (--runs rounds after --warmup, the order rotating), the invoke alone
+and end to end (uint8 pixels in, every output dequantized out), with 1 thread and with all
+cores; medians, p95 and the ratios to float32 (of medians, and the median of per-round paired
+ratios). Prints the size table (with the float32 tensors left in each int8 file), then the
+latency tables.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -26,26 +28,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mushroom.config import EXPORT_FORMATS  # noqa: E402
+from mushroom import latency  # noqa: E402
 from mushroom.litert import TFLiteModel  # noqa: E402
 from mushroom.modelio import ModelFolder  # noqa: E402
 from mushroom.quantization import INT8_FORMATS, float_ops  # noqa: E402
 
 DEFAULT_MODELS = ("efficientnet_v2_b0:128", "efficientnet_v2_s:128", "efficientnet_v2_m:224")
-
-
-def time_file(path: Path, threads: int, runs: int, warmup: int, seed: int = 0) -> tuple[float, float]:
-    """(median ms, p95 ms) of one single-image predict with `threads` CPU threads."""
-    lite = TFLiteModel(path, num_threads=threads)
-    image = np.random.default_rng(seed).integers(0, 256, (lite.input_size, lite.input_size, 3)).astype(np.uint8)
-    tensor = lite.prepare(image)
-    for _ in range(warmup):
-        lite.run_one(tensor)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        lite.run_one(tensor)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times), float(np.percentile(times, 95))
 
 
 def build_files(name: str, size: int, folder: Path, formats: list[str]) -> dict[str, Path]:
@@ -72,24 +60,23 @@ def build_files(name: str, size: int, folder: Path, formats: list[str]) -> dict[
     return files
 
 
-def report(label: str, files: dict[str, Path], runs: int, warmup: int) -> None:
-    all_threads = os.cpu_count() or 1
-    rows = {}
-    for fmt, path in files.items():
-        one = time_file(path, 1, runs, warmup)
-        many = time_file(path, all_threads, runs, warmup)
-        rows[fmt] = (path.stat().st_size / 1e6, *one, *many, len(float_ops(path)) if fmt in INT8_FORMATS else None)
-    print(f"\n{label}: ms per image, {runs} runs after {warmup} warm-up")
+def report(label: str, files: dict[str, Path], runs: int, warmup: int) -> dict[int, latency.Timings]:
+    size = TFLiteModel(next(iter(files.values()))).input_size
+    image = np.random.default_rng(0).integers(0, 256, (size, size, 3)).astype(np.uint8)
+    # float32 first: the reference of every ratio
+    files = dict(sorted(files.items(), key=lambda kv: kv[0] != "float32"))
+    print(f"\n{label}: load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     # float32 tensors inside an int8 file are ops the converter left float (expected: none)
-    print(f"{'format':<10} {'MB':>8} {'1t med':>8} {'1t p95':>8} {f'{all_threads}t med':>8} {f'{all_threads}t p95':>8}"
-          f" {'float32 tensors':>16}")
-    for fmt, (mb, m1, p1, mn, pn, floats) in rows.items():
-        print(f"{fmt:<10} {mb:>8.2f} {m1:>8.2f} {p1:>8.2f} {mn:>8.2f} {pn:>8.2f} {'-' if floats is None else floats:>16}")
-    if "float32" in rows:
-        for fmt in ("ptq_int8", "qat_int8"):
-            if fmt in rows:
-                print(f"{fmt}/float32: size {rows[fmt][0] / rows['float32'][0]:.2f}, "
-                      f"1-thread median latency {rows[fmt][1] / rows['float32'][1]:.2f}")
+    print(f"{'format':<10} {'MB':>8} {'size/float32':>12} {'float32 tensors':>16}")
+    ref = files.get("float32")
+    for fmt, path in files.items():
+        floats = len(float_ops(path)) if fmt in INT8_FORMATS else "-"
+        ratio = f"{path.stat().st_size / ref.stat().st_size:.2f}" if ref else "–"
+        print(f"{fmt:<10} {path.stat().st_size / 1e6:>8.2f} {ratio:>12} {floats:>16}")
+    timings = latency.time_files(files, image, runs, warmup, latency.thread_counts(1))
+    for t in timings.values():
+        print(t.table())
+    return timings
 
 
 def main() -> int:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from mushroom import fidelity, metrics, openset
+from mushroom import fidelity, latency, metrics, openset
 from mushroom import stats as ci_stats  # `stats` below means feature statistics
 from mushroom.advice import UnknownCheck
 from mushroom.config import EXPORT_FORMATS, Config
@@ -30,7 +30,8 @@ FORMATS = ("keras",) + EXPORT_FORMATS
 # Keys every metrics.json entry carries (README, "metrics.json"): later tooling relies on them.
 CONTRACT_KEYS = ("model", "format", "top1", "top5", "macro_f1", "edible_precision", "edible_recall",
                  "edible_f1", "dangerous_error", "ece", "ece_calibrated", "temperature", "size_mb",
-                 "latency_ms_median", "latency_ms_p95", "threads", "n_test", "unknown_auroc", "unknown_flagged",
+                 "latency_ms_median", "latency_ms_p95", "invoke_ms_median", "invoke_ms_p95", "latency_ratio_float32",
+                 "invoke_ratio_float32", "threads", "n_test", "unknown_auroc", "unknown_flagged",
                  "known_coverage", "unknown_verdict_edible", "unknown_dangerous_verdict_edible", "fused_top1",
                  *(f"{m}_ci" for m in ci_stats.CI_METRICS), "delta_top1_ci", "delta_ece_calibrated",
                  "delta_ece_calibrated_ci", "mcnemar_p", "flip_rate", "mean_abs_dprob", "max_abs_dprob",
@@ -40,7 +41,7 @@ DELTA_KEYS = ("top1", "top5", "ece", "dangerous_error", "unknown_auroc", "known_
 
 class Predictor:
     """One model file behind one interface: every output (probs, logits, embedding) for a uint8
-    batch, and one-image timing at `threads` (cfg.evaluate.threads)."""
+    batch, and what mushroom.latency times at `threads` (cfg.evaluate.threads) and at all cores."""
 
     def __init__(self, fmt: str, path: Path, threads: int | None):
         self.fmt, self.path, self.threads = fmt, path, threads
@@ -79,23 +80,27 @@ class Predictor:
     def predict(self, images: np.ndarray) -> np.ndarray:
         return self.outputs(images)["probs"]
 
-    def one(self) -> Callable[[np.ndarray], object]:
+    def timers(self) -> dict[int, "latency.Target"]:
+        """{thread count: what mushroom.latency times}: a .tflite file at `threads` and at all cores
+        (its two interpreters); a Keras model at `threads` only (TensorFlow's pool is set once)."""
+        cores = latency.all_cores()
         if self.fmt == "keras":
-            return lambda x: self._serve(x.astype(np.float32))
-        return self.model.predict
+            from mushroom.keras_env import tf
+
+            return {self.threads or cores: latency.CallTarget(self._serve, tf.constant, lambda v: v.numpy())}
+        return {self.threads or cores: latency.TFLiteTarget(self.model), cores: latency.TFLiteTarget(self._bulk)}
 
 
-def latency_ms(fn: Callable[[np.ndarray], object], image: np.ndarray, runs: int, warmup: int) -> tuple[float, float]:
-    """Median and p95 wall time of one single-image call, after `warmup` untimed calls."""
-    x = image[None]
-    for _ in range(warmup):
-        fn(x)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return float(np.median(times)), float(np.percentile(times, 95))
+def time_formats(timers: dict[str, dict[int, "latency.Target"]], files: dict[str, Path], threads: int | None,
+                 image: np.ndarray, rounds: int, warmup: int) -> dict[int, "latency.Timings"]:
+    """One interleaved timing of a folder's formats (mushroom.latency): at `threads` (None: all cores),
+    then at all cores. The float32 file is timed too when it was not evaluated, so every format
+    gets its ratio to float32 from the same rounds."""
+    timers = dict(timers)
+    if "float32" not in timers and "float32" in files:
+        timers["float32"] = Predictor("float32", files["float32"], threads).timers()
+    return {n: latency.interleaved({f: t[n] for f, t in timers.items() if n in t}, image, rounds, warmup, n)
+            for n in latency.thread_counts(threads)}
 
 
 def class_masks(species: list[Species]) -> tuple[np.ndarray, np.ndarray]:
@@ -154,9 +159,11 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
         ref_record = previous_os["by_format"].get(previous_os.get("reference_format"))
         choice.score = ref_record["score"] if ref_record else None
         choice.fusion = previous_os.get("fusion")
+    timers = {}
     for fmt in wanted:
         t0 = time.perf_counter()
         predictor = Predictor(fmt, files[fmt], threads)
+        timers[fmt] = predictor.timers()
         outs = {"val": predictor.outputs(val.images), "test": predictor.outputs(test.images)}
         if ops.val is not None and ops.test is not None:
             outs["unknown_val"] = predictor.outputs(ops.val.images)
@@ -188,7 +195,6 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
                 stats_files[fmt] = openset.stats_for(record["score"], stats)
         fusion = fusion_entry(choice, temperature, stats, outs, test, val, ops, record.get("score"),
                                cfg.evaluate.ece_bins, cfg.evaluate.confidence, cfg.evaluate.bootstrap_samples, cfg.seed)
-        med, p95 = latency_ms(predictor.one(), test.images[0], cfg.evaluate.latency_runs, cfg.evaluate.latency_warmup)
         verdict_list = verdicts(calibrated, species, cfg, graded, checks, temperature)
         answers[fmt] = fidelity.photo_answers(fidelity.concat_outputs([outs[k] for k in photo_splits]), species, cfg,
                                               graded, temperature, stats, record)
@@ -204,7 +210,6 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
             "temperature": temperature,
             **open_keys, **fusion,
             "size_mb": files[fmt].stat().st_size / 1e6,
-            "latency_ms_median": med, "latency_ms_p95": p95,
             "threads": threads or os.cpu_count(), "runtime": predictor.runtime,
             "n_val": int(len(val.labels)), "model_name": meta.get("model_name"),
             "image_size": size, "weights": meta.get("weights"), "note": meta.get("note"),
@@ -220,8 +225,16 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
                         if record else "")
         log(f"  {fmt:9s} top-1 {entry['top1']:.3f} {_ci_text(entry['top1_ci'])}  top-5 {entry['top5']:.3f}  "
             f"ECE {entry['ece']:.3f} -> "
-            f"{entry['ece_calibrated']:.3f} (T={temperature:.2f})  {entry['size_mb']:.2f} MB  "
-            f"{med:.1f} ms{unknown_text}  [{time.perf_counter() - t0:.0f} s]")
+            f"{entry['ece_calibrated']:.3f} (T={temperature:.2f})  {entry['size_mb']:.2f} MB"
+            f"{unknown_text}  [{time.perf_counter() - t0:.0f} s]")
+    # Latency: every format in one interleaved run (mushroom.latency), not each in its own minute.
+    timings = time_formats(timers, files, threads, test.images[0], cfg.evaluate.latency_runs,
+                           cfg.evaluate.latency_warmup)
+    main, cores = timings[threads or latency.all_cores()], timings.get(latency.all_cores())
+    for entry in entries:
+        entry.update(latency.metrics_keys(entry["format"], main, cores))
+    for t in timings.values():
+        log("  " + t.table().replace("\n", "\n  "))
     add_degradation(entries)
     ref = entries[0]["reference_format"]
     for entry in entries:

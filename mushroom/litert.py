@@ -24,9 +24,17 @@ def quantize_input(x, scale: float, zero_point: int, dtype) -> np.ndarray:
     """Real values -> integers of `dtype`: round(x / scale + zero_point), clipped to the dtype's range.
     A scale of 0 means the tensor has no quantization parameters: the values are only rounded and clipped."""
     dtype = np.dtype(dtype)
-    x = np.asarray(x, dtype=np.float64)
-    q = np.round(x / scale + zero_point) if scale else np.round(x)
     info = np.iinfo(dtype)
+    x = np.asarray(x)
+    if scale == 1.0 and np.issubdtype(x.dtype, np.integer):
+        # Integer pixels at unit scale (every int8 file exported here: input scale 1): rounding is the
+        # identity, so only shift and clip, in integers. The same values, 10x faster than the float
+        # path (0.02 against 0.24 ms for a 192 px photo), which end-to-end latency counts.
+        if x.dtype == dtype and zero_point == 0:
+            return x.astype(dtype)   # a copy
+        return np.clip(x.astype(np.int64) + int(zero_point), info.min, info.max).astype(dtype)
+    x = x.astype(np.float64)
+    q = np.round(x / scale + zero_point) if scale else np.round(x)
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
@@ -131,9 +139,17 @@ class TFLiteModel:
         """The outputs this file gives: "probs", and "logits" / "embedding" when exported with them."""
         return tuple(self._outputs)
 
+    def set_input(self, tensor: np.ndarray) -> None:
+        """Set the input to one prepared tensor (prepare()), for invoke()."""
+        self._interpreter.set_tensor(self._input["index"], tensor)
+
+    def invoke(self) -> None:
+        """The runtime alone, on the input already set (what mushroom.latency times as "invoke")."""
+        self._interpreter.invoke()
+
     def run_one(self, tensor: np.ndarray) -> np.ndarray:
         """Invoke on one prepared tensor; the raw probability output (integers for int8 models)."""
-        self._interpreter.set_tensor(self._input["index"], tensor)
+        self.set_input(tensor)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output["index"])[0].copy()
 

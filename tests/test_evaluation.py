@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mushroom.errors import UserError
-from mushroom.evaluation import CONTRACT_KEYS, evaluate_all, latency_ms
+from mushroom.evaluation import CONTRACT_KEYS, evaluate_all
 from mushroom.modelio import ModelFolder, find_model_folders  # noqa: F401
 from mushroom import openset
 from tests.conftest import SHARED_PHOTOS
@@ -98,11 +98,27 @@ def test_missing_formats_and_folders_are_clear_errors(tiny_model_folder, tmp_pat
         evaluate_all(t["cfg"], [t["folder"]], t["data_dir"], tmp_path, formats=["qat_int8"], log=lambda s: None)
 
 
-def test_latency_reports_median_and_p95():
-    calls = []
-    med, p95 = latency_ms(lambda x: calls.append(x.shape), np.zeros((4, 4, 3)), runs=7, warmup=2)
-    assert len(calls) == 9 and calls[0] == (1, 4, 4, 3)
-    assert 0 <= med <= p95
+def test_latency_of_every_format_comes_from_one_interleaved_run(evaluated):
+    """metrics.json's latency keys: end to end and invoke alone at evaluate.threads (1), ratios to
+    float32 from the same rounds, and the all-cores figures (none for Keras: its thread pool is
+    fixed once per process). The routine itself is tested in tests/test_latency.py."""
+    import os
+
+    cores = os.cpu_count() or 1
+    by_fmt = {e["format"]: e for e in json.loads((evaluated["reports"] / "metrics.json").read_text())}
+    for fmt, e in by_fmt.items():
+        assert e["threads"] == 1 and e["latency_rounds"] == 3
+        assert 0 < e["latency_ms_median"] <= e["latency_ms_p95"]
+        assert 0 < e["invoke_ms_median"] <= e["invoke_ms_p95"]
+        assert e["latency_ratio_float32"] == pytest.approx(e["latency_ms_median"] / by_fmt["float32"]["latency_ms_median"])
+        assert e["invoke_ratio_float32"] == pytest.approx(e["invoke_ms_median"] / by_fmt["float32"]["invoke_ms_median"])
+        assert e["invoke_ratio_float32_paired"] > 0 and e["latency_ratio_float32_paired"] > 0
+        if fmt == "keras":
+            assert e["invoke_ms_median_all_cores"] is None and e["threads_all_cores"] is None
+        else:
+            assert e["threads_all_cores"] == cores and e["invoke_ms_median_all_cores"] > 0
+            assert e["latency_ms_median_all_cores"] > 0 and e["invoke_ratio_float32_all_cores"] > 0
+    assert by_fmt["float32"]["invoke_ratio_float32"] == 1.0
 
 
 def test_intervals_and_paired_deltas_per_format(evaluated):
@@ -238,7 +254,10 @@ def test_evaluating_some_formats_keeps_the_others_thresholds_and_temperatures(ev
     before_os = json.loads((folder / "open_set.json").read_text())
     before_t = json.loads((folder / "temperature.json").read_text())
     cfg = _loose_cfg(t, None)        # other thresholds: the refitted record must change
-    evaluate_all(cfg, [folder], t["data_dir"], t["reports"].parent / "r2", formats=["ptq_int8"], log=lambda s: None)
+    entries, _ = evaluate_all(cfg, [folder], t["data_dir"], t["reports"].parent / "r2", formats=["ptq_int8"],
+                              log=lambda s: None)
+    # float32 is timed beside it (not evaluated), so the ratio still comes from the same rounds
+    assert [e["format"] for e in entries] == ["ptq_int8"] and entries[0]["invoke_ratio_float32"] > 0
     after_os = json.loads((folder / "open_set.json").read_text())
     after_t = json.loads((folder / "temperature.json").read_text())
     assert set(after_os["by_format"]) == {"keras", "float32", "ptq_int8"}

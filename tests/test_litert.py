@@ -40,6 +40,24 @@ def test_int8_input_uses_scale_and_zero_point():
     assert quantize_input(np.array([3.7]), 0.0, 0, np.uint8).tolist() == [4]   # no parameters: round and clip only
 
 
+def test_integer_pixels_take_the_fast_path_with_the_same_values():
+    """uint8 pixels at unit scale skip the float path (it cost 0.24 of a 192 px photo's ms); every
+    integer input dtype and zero point gives what rounding in float gives, and a copy."""
+    rng = np.random.default_rng(0)
+    for src in (np.uint8, np.int16, np.int64):
+        info = np.iinfo(src)
+        x = rng.integers(max(info.min, -400), min(info.max, 400) + 1, (3, 5, 5, 3)).astype(src)
+        for dtype, zero_point in ((np.uint8, 0), (np.uint8, 3), (np.int8, -128), (np.int8, 0), (np.int16, 7)):
+            fast = quantize_input(x, 1.0, zero_point, dtype)
+            slow = quantize_input(x.astype(np.float64), 1.0, zero_point, dtype)
+            assert fast.dtype == np.dtype(dtype)
+            np.testing.assert_array_equal(fast, slow)
+    pixels = rng.integers(0, 256, (4, 4, 3)).astype(np.uint8)
+    q = quantize_input(pixels, 1.0, 0, np.uint8)
+    np.testing.assert_array_equal(q, pixels)
+    assert not np.shares_memory(q, pixels)
+
+
 def test_output_dequantization():
     q = np.array([0, 1, 128, 255], np.uint8)
     np.testing.assert_array_equal(dequantize_output(q, 1 / 256, 0), [0.0, 1 / 256, 0.5, 255 / 256])
