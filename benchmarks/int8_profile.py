@@ -271,7 +271,7 @@ def part_io(keras_path: Path, size: int, rounds: int, warmup: int, tmp: Path) ->
     files["float32"].write_bytes(f32)
     for name, in_type, multi in (("uint8 in, 3 outputs", tf.uint8, True), ("int8 in, 3 outputs", tf.int8, True),
                                  ("uint8 in, probs only", tf.uint8, False)):
-        files[name] = tmp / f"io-{len(files)}.tflite"
+        files[name] = tmp / f"io-{len(files)}-variant.tflite"
         files[name].write_bytes(conv(model, in_type, multi))
     print(f"\n## interface variants (PTQ int8), 1 thread ({len(files)} files converted in "
           f"{time.perf_counter() - started:.0f} s; {rounds} rounds, load {load_avg()})")
@@ -290,22 +290,22 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=60)
     p.add_argument("--warmup", type=int, default=10)
     args = p.parse_args()
-    from mushroom.modelio import read_meta
+    from mushroom.modelio import ModelFolder, read_meta
 
-    folder = args.model_folder
-    size = int(read_meta(folder)["image_size"])
+    folder = ModelFolder(args.model_folder)
+    size = int(read_meta(folder.path)["image_size"])
     print(f"{cpu_flags()}; {os.cpu_count()} cores; load {load_avg()}")
-    files = {"float32": folder / "tflite" / "float32.tflite", "int8": folder / "tflite" / "qat_int8.tflite"}
+    files = {"float32": folder.tflite("float32"), "int8": folder.tflite("qat_int8")}
     with tempfile.TemporaryDirectory(prefix="int8-profile-") as tmp:
         tmp = Path(tmp)
         if "runtime" in args.parts:
             part_runtime(files, args.rounds, args.warmup)
         if "prefix" in args.parts:
-            part_prefix(folder / "model.keras", size, args.rounds, args.warmup, tmp)
+            part_prefix(folder.model_file, size, args.rounds, args.warmup, tmp)
         if "ops" in args.parts:
             part_ops(args.rounds, args.warmup, tmp)
         if "io" in args.parts:
-            part_io(folder / "model.keras", size, args.rounds, args.warmup, tmp)
+            part_io(folder.model_file, size, args.rounds, args.warmup, tmp)
     return 0
 
 
