@@ -39,6 +39,8 @@ EPS = 1e-12
 # Ledoit-Wolf-style shrinkage of the shared covariance towards its mean variance: 1280-d embeddings
 # from a few hundred training photos give a singular covariance otherwise.
 SHRINKAGE = 0.1
+# Below the lowest score when every photo must be flagged: far above rounding, far below any gap.
+THRESHOLD_MARGIN = 1e-9
 
 
 def _logits(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -185,13 +187,19 @@ def mahalanobis(embeddings: np.ndarray, stats: Mapping) -> np.ndarray:
 
 # --- threshold and quality ---------------------------------------------------------------------------
 def fit_threshold(unknown_scores_val: np.ndarray, recall: float) -> float:
-    """The highest threshold t with mean(score >= t) >= recall on unknown-val photos: flagging
-    `recall` of the unknown photos while flagging as few known ones as the score allows."""
+    """A threshold t with mean(score >= t) >= recall on unknown-val photos, flagging `recall` of the
+    unknown photos while flagging as few known ones as the score allows: halfway between the lowest
+    score it must flag and the next lower one, not on a photo's score. A photo scored one at a time
+    (predict.py, the page) differs from its score in a batch by rounding (~1e-13), which would move
+    a photo sitting exactly on the threshold to the other side."""
     s = np.sort(np.asarray(unknown_scores_val, np.float64))
     if not len(s):
         raise ValueError("no unknown-val photos to fit the unknown-species threshold on")
-    k = int(math.floor((1.0 - recall) * len(s) + 1e-9))
-    return float(s[min(k, len(s) - 1)])
+    k = min(int(math.floor((1.0 - recall) * len(s) + 1e-9)), len(s) - 1)
+    below = s[:k][s[:k] < s[k]]
+    if len(below):
+        return float((below[-1] + s[k]) / 2)
+    return float(s[k] - THRESHOLD_MARGIN * max(1.0, abs(s[k])))
 
 
 def auroc(unknown: np.ndarray, known: np.ndarray) -> float:

@@ -86,7 +86,10 @@ def test_the_threshold_flags_the_target_share_of_unknown_val():
     for recall in (0.5, 0.9, 0.95, 1.0):
         t = openset.fit_threshold(scores, recall)
         assert np.mean(scores >= t) >= recall
-        assert np.mean(scores > t) < recall   # the highest such threshold
+        # the highest such threshold: one just above the lowest flagged photo flags too few
+        lowest = scores[scores >= t].min()
+        assert np.mean(scores > lowest) < recall and not np.any((scores > t) & (scores < lowest))
+        assert not np.any(np.abs(scores - t) < 1e-9)   # never on a photo's score
 
 
 def test_missing_formats_and_folders_are_clear_errors(tiny_model_folder, tmp_path):
