@@ -205,6 +205,7 @@ SCHEMA: dict = {
         "unknown_val_fraction": Type(float, low=0.1, high=0.9),
         "score": Choice("auto", *UNKNOWN_SCORES),
         "pca_dim": Type(int, low=2, high=4096),                # rel_mahalanobis: PCA dimensions of the embedding
+        "exposure_statistics": BOOL,                           # exposure photos shape rel_mahalanobis' statistics
         # Outlier exposure: photos of species outside the study train towards a uniform answer.
         "exposure_fraction": Type(float, low=0.0, high=0.8),   # of the unknown species, by species
         "exposure_weight": Type(float, low=0.0),               # weight of the uniform-target loss; 0 = off

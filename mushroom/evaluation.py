@@ -174,9 +174,12 @@ def evaluate_folder(cfg: Config, folder: Path, data_dir: Path, formats: list[str
         stats = None
         if "embedding" in outs["val"]:
             train_out = outs["train"]
+            others, other_species = None, None
+            if cfg.open_set.exposure_statistics and "exposure" in outs:
+                others, other_species = outs["exposure"]["embedding"], [r["species"] for r in ops.exposure.rows]
             stats = {**openset.fit_feature_stats(train_out["embedding"], train.labels, len(class_names)),
                      **openset.fit_rmd_stats(train_out["embedding"], train.labels, len(class_names),
-                                             cfg.open_set.pca_dim)}
+                                             cfg.open_set.pca_dim, others=others, other_groups=other_species)}
         # Probabilities from the file's logits when it has them (finer than an int8 file's uint8
         # probability output, which ties often), so every format is read the same way.
         temperature = metrics.fit_temperature(openset.log_probs(outs["val"]), val.labels)

@@ -127,24 +127,44 @@ def _whitening(centred: np.ndarray, dof: int, shrinkage: float) -> np.ndarray:
 
 
 def fit_rmd_stats(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, dim: int = 64,
-                  shrinkage: float = SHRINKAGE) -> dict:
+                  shrinkage: float = SHRINKAGE, others: np.ndarray | None = None,
+                  other_groups: Sequence | None = None) -> dict:
     """What relative_mahalanobis needs, from the training photos' embeddings (N, D): the PCA of the
     L2-normalised embeddings (centre, D x k components, k = min(dim, N, D)), and in that space the
     class means with their shared whitening matrix and the background (all photos) mean with its
-    own. Keys are prefixed rmd_ so that one statistics file holds both Mahalanobis scores."""
+    own. Keys are prefixed rmd_ so that one statistics file holds both Mahalanobis scores.
+
+    others, other_groups: embeddings of photos of species the model must not know (the outlier-
+    exposure photos) and their species. They join the PCA, the shared within-class covariance (each
+    species one more class) and the background, but no class mean is kept for them: distances are
+    still to the model's classes only, measured in directions that tell mushroom species apart,
+    not only the model's few. Measured on the demo (seed 42's split; 30 resplits of the fit and
+    measure species in brackets): AUROC per photo 0.712 -> 0.730 (0.738 -> 0.747) on the forager's
+    fine-tuned embedding, 0.700 -> 0.732 (0.734 -> 0.757) on the frozen ImageNet one. The file
+    keeps the same arrays, so predict.py and the page compute the score unchanged."""
     x = _l2(embeddings)
     y = np.asarray(labels)
+    if others is not None and len(others):
+        groups = np.asarray(other_groups)
+        if len(groups) != len(others):
+            raise ValueError(f"{len(others)} other photos but {len(groups)} species for them")
+        names = sorted(set(groups.tolist()))
+        x = np.concatenate([x, _l2(others)])
+        y = np.concatenate([y, n_classes + np.array([names.index(g) for g in groups.tolist()], int)])
+        n_groups = n_classes + len(names)
+    else:
+        n_groups = n_classes
     centre = x.mean(axis=0)
     _, _, vt = np.linalg.svd(x - centre, full_matrices=False)
     k = int(min(dim, vt.shape[0]))
     components = vt[:k].T
     z = (x - centre) @ components
-    means = np.stack([z[y == c].mean(axis=0) if np.any(y == c) else np.full(k, np.nan) for c in range(n_classes)])
-    whiten = _whitening(z - means[y], len(z) - n_classes, shrinkage)
+    means = np.stack([z[y == c].mean(axis=0) if np.any(y == c) else np.full(k, np.nan) for c in range(n_groups)])
+    whiten = _whitening(z - means[y], len(z) - n_groups, shrinkage)
     mean_bg = z.mean(axis=0)
     whiten_bg = _whitening(z - mean_bg, len(z) - 1, shrinkage)
     return {"rmd_centre": centre.astype(np.float32), "rmd_components": components.astype(np.float32),
-            "rmd_means": means.astype(np.float32), "rmd_whiten": whiten.astype(np.float32),
+            "rmd_means": means[:n_classes].astype(np.float32), "rmd_whiten": whiten.astype(np.float32),
             "rmd_mean_bg": mean_bg.astype(np.float32), "rmd_whiten_bg": whiten_bg.astype(np.float32)}
 
 

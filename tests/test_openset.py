@@ -152,3 +152,47 @@ def test_species_fold_auroc_averages_over_folds_of_species():
     per_species = [openset.auroc(unknown[np.array(species) == s], known) for s in "abcde"]
     assert sorted(cv["folds"]) == sorted(per_species) and cv["mean"] == pytest.approx(np.mean(per_species))
     assert cv["std"] > 0.1
+
+
+def test_exposure_photos_shape_the_statistics_but_keep_no_class_mean():
+    """With the outlier-exposure photos (others), the PCA, the shared within-class covariance (each
+    other species one more class) and the background are fitted on every photo, and the file keeps
+    the model's class means only: the same arrays, so predict.py and the page score unchanged."""
+    rng = np.random.default_rng(1)
+    d, k, shrink = 12, 6, openset.SHRINKAGE
+    x = np.concatenate([m + rng.normal(size=(30, d)) for m in rng.normal(size=(2, d)) * 3])
+    y = np.repeat(np.arange(2), 30)
+    others = np.concatenate([m + rng.normal(size=(20, d)) for m in rng.normal(size=(3, d)) * 3])
+    groups = np.repeat(["p", "q", "r"], 20)
+    stats = openset.fit_rmd_stats(x, y, 2, dim=k, others=others, other_groups=groups)
+    plain = openset.fit_rmd_stats(x, y, 2, dim=k)
+    assert {n: v.shape for n, v in stats.items()} == {n: v.shape for n, v in plain.items()}
+    assert stats["rmd_means"].shape == (2, k)
+    # the definition, written out
+    allx = np.concatenate([x, others])
+    allx = allx / np.linalg.norm(allx, axis=1, keepdims=True)
+    lab = np.concatenate([y, 2 + np.repeat(np.arange(3), 20)])
+    centre = allx.mean(0)
+    comps = np.linalg.svd(allx - centre, full_matrices=False)[2][:k].T
+    z = (allx - centre) @ comps
+    means = np.stack([z[lab == c].mean(0) for c in range(5)])
+    cov = (z - means[lab]).T @ (z - means[lab]) / (len(z) - 5)
+    cov = (1 - shrink) * cov + shrink * np.trace(cov) / k * np.eye(k)
+    # components are defined up to sign: compare sign-free quantities
+    np.testing.assert_allclose(np.abs(stats["rmd_components"]), np.abs(comps), atol=1e-5)
+    signs = np.sign((stats["rmd_components"] * comps).sum(0))
+    np.testing.assert_allclose(stats["rmd_means"], means[:2] * signs, atol=1e-5)
+    w = stats["rmd_whiten"].astype(np.float64)
+    np.testing.assert_allclose(w @ w.T, np.linalg.inv(cov * np.outer(signs, signs)), rtol=1e-4, atol=1e-4)
+    q = rng.normal(size=(4, d))
+    qz = (q / np.linalg.norm(q, axis=1, keepdims=True) - centre) @ (comps * signs)
+    zb = z * signs
+    cov_bg = np.cov(zb.T, ddof=1)
+    cov_bg = (1 - shrink) * cov_bg + shrink * np.trace(cov_bg) / k * np.eye(k)
+    d_class = np.stack([np.einsum("ij,jk,ik->i", qz - m, np.linalg.inv(cov * np.outer(signs, signs)), qz - m)
+                        for m in means[:2] * signs], 1).min(1)
+    d_bg = np.einsum("ij,jk,ik->i", qz - zb.mean(0), np.linalg.inv(cov_bg), qz - zb.mean(0))
+    np.testing.assert_allclose(openset.relative_mahalanobis(q, stats), d_class - d_bg, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(openset.relative_mahalanobis(q, stats), openset.relative_mahalanobis(q, plain))
+    with pytest.raises(ValueError, match="species for them"):
+        openset.fit_rmd_stats(x, y, 2, dim=k, others=others, other_groups=groups[:5])
