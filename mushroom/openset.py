@@ -144,15 +144,12 @@ def fit_rmd_stats(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, di
     x = _l2(embeddings)
     y = np.asarray(labels)
     if others is not None and len(others):
-        groups = np.asarray(other_groups)
-        if len(groups) != len(others):
-            raise ValueError(f"{len(others)} other photos but {len(groups)} species for them")
-        names = sorted(set(groups.tolist()))
+        if len(other_groups) != len(others):
+            raise ValueError(f"{len(others)} other photos but {len(other_groups)} species for them")
+        _, group = np.unique(np.asarray(other_groups), return_inverse=True)
         x = np.concatenate([x, _l2(others)])
-        y = np.concatenate([y, n_classes + np.array([names.index(g) for g in groups.tolist()], int)])
-        n_groups = n_classes + len(names)
-    else:
-        n_groups = n_classes
+        y = np.concatenate([y, n_classes + group])
+    n_groups = int(max(n_classes, y.max() + 1))
     centre = x.mean(axis=0)
     _, _, vt = np.linalg.svd(x - centre, full_matrices=False)
     k = int(min(dim, vt.shape[0]))
@@ -215,9 +212,9 @@ def fit_threshold(unknown_scores_val: np.ndarray, recall: float) -> float:
     if not len(s):
         raise ValueError("no unknown-val photos to fit the unknown-species threshold on")
     k = min(int(math.floor((1.0 - recall) * len(s) + 1e-9)), len(s) - 1)
-    below = s[:k][s[:k] < s[k]]
-    if len(below):
-        return float((below[-1] + s[k]) / 2)
+    j = int(np.searchsorted(s, s[k]))     # first photo tied with s[k]: all of them are flagged
+    if j:
+        return float((s[j - 1] + s[k]) / 2)
     return float(s[k] - THRESHOLD_MARGIN * max(1.0, abs(s[k])))
 
 
