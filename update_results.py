@@ -2,8 +2,8 @@
 
     python update_results.py --config configs/demo.yaml
 
-Copies metrics.json and the headline plots (reliability diagrams, unknown-species plots, format deltas
-with their intervals, trade-off chart) to docs/results/, replaces the full tables between the results
+Copies metrics.json, the headline plots (reliability diagrams, unknown-species plots, format deltas
+with their intervals, trade-off chart) and the per-species unknown tables to docs/results/, replaces the full tables between the results
 markers of docs/results.md, and the short table between the summary markers of README.md.
 """
 import argparse
@@ -31,7 +31,9 @@ def main(argv=None) -> int:
     DOCS.mkdir(parents=True, exist_ok=True)
     plots = [p for pattern in ("reliability_*.png", "open_set_*.png", "deltas_*.png")
              for p in sorted(reports.glob(pattern))]
-    for plot in plots + [reports / "tradeoff.png"]:
+    # the per-species unknown tables travel with the plots: docs/results.md links them
+    tables = sorted(reports.glob("unknown_species_*.md"))
+    for plot in plots + tables + [reports / "tradeoff.png"]:
         if plot.is_file():
             shutil.copy(plot, DOCS / plot.name)
     shutil.copy(reports / "metrics.json", DOCS / "metrics.json")

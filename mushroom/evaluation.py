@@ -341,7 +341,8 @@ def evaluate_all(cfg: Config, folders: list[Path], data_dir: Path, reports_dir: 
 def log_to_wandb(cfg: Config, entries: list[dict], extras: dict, reports_dir: Path, data_dir: Path,
                  samples: int = 16) -> None:
     """The evaluation run in W&B: per model x format summaries, the comparison table, the plots,
-    and a table of sample test photos with prediction, truth and the photo's attribution."""
+    a table of sample test photos with prediction, truth and the photo's attribution, and the
+    unknown species one by one."""
     from mushroom import tracking
 
     run = tracking.start_run(cfg, "evaluate", name=f"{cfg.experiment}-evaluate")
@@ -366,5 +367,11 @@ def log_to_wandb(cfg: Config, entries: list[dict], extras: dict, reports_dir: Pa
             table.add_data(model, fmt, wandb.Image(str(data_dir / row["path"])), row["species"],
                            arrays["class_names"][pred], float(probs[i, pred]), row["attribution"] or row["url"])
     run.log({"samples": table})
+    # which unknown species the model cannot tell from one it knows, per format (reports/unknown_species_*.md)
+    fields = ["species", "dangerous", "photos", "auroc", "flagged", "taken_for", "taken_for_share", "edible"]
+    rows = [[model, fmt, *[r.get(k) for k in fields]] for model, arrays in extras["arrays"].items()
+            for fmt, os_arrays in arrays.get("open_set", {}).items() for r in os_arrays.get("species", [])]
+    if rows:
+        run.log({"unknown_species": wandb.Table(columns=["model", "format", *fields], data=rows)})
     tracking.log_artifact(run, reports_dir, f"{cfg.experiment}-reports", "reports")
     tracking.finish(run)

@@ -257,6 +257,32 @@ def species_fold_auroc(unknown: np.ndarray, unknown_species: Sequence[str], know
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "folds": [float(v) for v in values]}
 
 
+def species_breakdown(known: np.ndarray, unknown: np.ndarray, unknown_species: Sequence[str], threshold: float,
+                      taken_for: Sequence[str], verdicts: Sequence[str] | None = None) -> list[dict]:
+    """Per unknown species: how well the score separates its photos from the known ones and what the
+    model takes them for. One row per species, the hardest first (lowest AUROC): {"species",
+    "photos", "auroc" (its photos against every known photo), "flagged" (share at or above the
+    threshold), "taken_for" and "taken_for_share" (the most frequent top-1 class among its photos),
+    "edible" (photos answered "edible", when verdicts are given)}. A pooled AUROC hides which
+    species the model cannot tell from one it knows; this names them."""
+    unknown = np.asarray(unknown, np.float64)
+    names = np.asarray(unknown_species)
+    taken = np.asarray(taken_for)
+    if not (len(unknown) == len(names) == len(taken)) or (verdicts is not None and len(verdicts) != len(unknown)):
+        raise ValueError("species_breakdown needs one species, one top-1 class (and one verdict) per unknown photo")
+    rows = []
+    for name in sorted(set(names.tolist())):
+        mine = names == name
+        classes, counts = np.unique(taken[mine], return_counts=True)
+        row = {"species": str(name), "photos": int(mine.sum()), "auroc": auroc(unknown[mine], known),
+               "flagged": float(np.mean(unknown[mine] >= threshold)), "taken_for": str(classes[counts.argmax()]),
+               "taken_for_share": float(counts.max() / mine.sum())}
+        if verdicts is not None:
+            row["edible"] = int(sum(v == "edible" for v, m in zip(verdicts, mine) if m))
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["auroc"], r["species"]))
+
+
 # The order a choice between scores that the unknown-val species cannot tell apart falls back on:
 # relative Mahalanobis first, the best per photo and per find in every split of
 # benchmarks/open_set_exposure.py (0.809 against 0.720 for the next, msp, over three splits).

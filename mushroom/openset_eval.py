@@ -204,9 +204,14 @@ def open_set_entry(cfg: Config, choice: ModelChoices, species: list[Species], gr
         "n_unknown_val": int(len(ops.val.rows)), "n_unknown_test": int(len(ops.test.rows)),
         "n_unknown_species_val": len(ops.val_species), "n_unknown_species_test": len(ops.test_species),
     })
+    breakdown = openset.species_breakdown(scores["test"][name], scores["unknown_test"][name],
+                                          [r["species"] for r in ops.test.rows], threshold,
+                                          [species[i].name for i in unknown_probs.argmax(1)], verdict_flagged)
+    for row in breakdown:
+        row["dangerous"] = bool(ops.dangerous[row["species"]])
     arrays = {"known": scores["test"][name], "unknown": scores["unknown_test"][name], "threshold": threshold,
               "score": name, "known_correct": openset.log_probs(outs["test"]).argmax(1) == test.labels,
-              "unknown_calibrated": unknown_probs, "unknown_verdicts": verdict_flagged}
+              "unknown_calibrated": unknown_probs, "unknown_verdicts": verdict_flagged, "species": breakdown}
     return keys, record, arrays
 
 

@@ -355,6 +355,33 @@ def deltas_plot(model: str, entries: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+def unknown_species_table(model: str, by_format: dict) -> str:
+    """Markdown: per unknown-test species, what the model takes its photos for and, per format, the
+    species' AUROC against the known photos, the share flagged and the photos answered "edible";
+    the hardest species (lowest AUROC of the first format) first."""
+    fmts = [f for f in by_format if by_format[f].get("species")]
+    if not fmts:
+        return ""
+    rows = {fmt: {r["species"]: r for r in by_format[fmt]["species"]} for fmt in fmts}
+    first = by_format[fmts[0]]["species"]
+    lines = [f"# Unknown species, one by one: {model}", "",
+             "Photos of each unknown-test species (never used to fit the threshold) against every known test photo. "
+             f"AUROC: how well the {by_format[fmts[0]]['score']} score ranks this species' photos above the known "
+             "ones (0.5: no better than chance); flagged: share answered \"unknown species\"; edible: photos "
+             "answered \"edible\". Taken for: the model's most frequent top-1 class for them "
+             f"({fmts[0]}). The hardest species first.", "",
+             "| species | photos | taken for | " + " | ".join(f"{f}: AUROC · flagged · edible" for f in fmts) + " |",
+             "|---|---|---|" + "---|" * len(fmts)]
+    for r in first:
+        name = r["species"] + (" (poisonous/deadly)" if r.get("dangerous") else "")
+        cells = []
+        for fmt in fmts:
+            x = rows[fmt].get(r["species"])
+            cells.append("–" if x is None else f"{x['auroc']:.2f} · {x['flagged']:.0%} · {x.get('edible', '–')}")
+        lines.append(f"| {name} | {r['photos']} | {r['taken_for']} ({r['taken_for_share']:.0%}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_reports(entries: list[dict], arrays_by_model: dict, reports_dir: Path, n_bins: int) -> list[Path]:
     """comparison.md/.csv and every plot; returns the plot paths."""
     reports_dir.mkdir(parents=True, exist_ok=True)
@@ -368,6 +395,9 @@ def write_reports(entries: list[dict], arrays_by_model: dict, reports_dir: Path,
         plots.append(risk_coverage_plot(model, labels, probs, reports_dir / f"risk_coverage_{model}.png"))
         if arrays.get("open_set"):
             plots.append(open_set_plot(model, arrays["open_set"], reports_dir / f"open_set_{model}.png"))
+            table = unknown_species_table(model, arrays["open_set"])
+            if table:
+                atomic_write(reports_dir / f"unknown_species_{model}.md", table.encode())
         for fmt in [f for f in ("keras", "qat_int8") if f in probs] or list(probs)[:1]:
             plots.append(confusion_plot(model, fmt, labels, probs[fmt], arrays["class_names"],
                                         reports_dir / f"confusion_{model}_{fmt}.png"))
@@ -412,6 +442,8 @@ def results_block(entries: list[dict], command: str, reports_rel: str = "reports
         lines.append(f"![reliability {model}]({reports_rel}/reliability_{model}.png)")
         if any(e["model"] == model and e.get("unknown_auroc") is not None for e in entries):
             lines.append(f"![unknown species {model}]({reports_rel}/open_set_{model}.png)")
+            lines.append(f"[Unknown species one by one: what {model} takes each for]"
+                         f"({reports_rel}/unknown_species_{model}.md)")
         if _has_deltas(entries, model):
             lines.append(f"![format minus float reference with intervals {model}]({reports_rel}/deltas_{model}.png)")
     lines += [f"![accuracy/size/latency trade-off]({reports_rel}/tradeoff.png)", "", README_END]

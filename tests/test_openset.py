@@ -196,3 +196,27 @@ def test_exposure_photos_shape_the_statistics_but_keep_no_class_mean():
     assert not np.allclose(openset.relative_mahalanobis(q, stats), openset.relative_mahalanobis(q, plain))
     with pytest.raises(ValueError, match="species for them"):
         openset.fit_rmd_stats(x, y, 2, dim=k, others=others, other_groups=groups[:5])
+
+
+def test_species_breakdown_per_species_figures():
+    rng = np.random.default_rng(0)
+    known = rng.normal(0, 1, 60)
+    unknown = np.concatenate([rng.normal(0, 1, 12), rng.normal(3, 1, 8), [10.0, 11.0]])
+    species = ["B"] * 12 + ["A"] * 8 + ["C"] * 2
+    taken = ["x"] * 9 + ["y"] * 3 + ["y"] * 8 + ["x", "z"]
+    verdicts = ["edible", "edible"] + ["unknown"] * 20
+    rows = openset.species_breakdown(known, unknown, species, 2.0, taken, verdicts)
+    by = {r["species"]: r for r in rows}
+    names = np.array(species)
+    for name in "ABC":
+        mine = names == name
+        assert by[name]["photos"] == mine.sum()
+        assert by[name]["auroc"] == openset.auroc(unknown[mine], known)
+        assert by[name]["flagged"] == np.mean(unknown[mine] >= 2.0)
+    assert (by["B"]["taken_for"], by["B"]["taken_for_share"], by["B"]["edible"]) == ("x", 0.75, 2)
+    assert (by["A"]["taken_for"], by["A"]["edible"]) == ("y", 0)
+    assert by["C"]["auroc"] == 1.0 and by["C"]["flagged"] == 1.0
+    assert [r["species"] for r in rows] == ["B", "A", "C"]          # the hardest first
+    assert "edible" not in openset.species_breakdown(known, unknown, species, 2.0, taken)[0]
+    with pytest.raises(ValueError, match="one species"):
+        openset.species_breakdown(known, unknown, species[:-1], 2.0, taken)

@@ -112,3 +112,35 @@ def test_open_set_plot_and_table(tmp_path):
     entry = {**_entries()[0], "unknown_score": "msp", "unknown_auroc": 0.7, "fusion": "mean"}
     table = markdown_table([entry], OPEN_SET_COLUMNS)
     assert "| msp | 0.700 |" in table and "mean" in table
+
+
+def test_unknown_species_table_names_the_hardest_species_first(tmp_path):
+    from mushroom import openset
+    from mushroom.reporting import unknown_species_table
+
+    rng = np.random.default_rng(2)
+    known = rng.normal(0, 1, 50)
+    # a look-alike scored like the known photos, and a species far from them
+    unknown = np.concatenate([rng.normal(0, 1, 20), rng.normal(4, 0.5, 10)])
+    names = ["Imleria badia"] * 20 + ["Laetiporus sulphureus"] * 10
+    taken = ["Boletus edulis"] * 15 + ["Amanita muscaria"] * 5 + ["Armillaria mellea"] * 10
+    verdicts = ["edible"] * 2 + ["unknown"] * 28
+    by_format = {}
+    for fmt in ("keras", "qat_int8"):
+        rows = openset.species_breakdown(known, unknown, names, 1.0, taken, verdicts)
+        rows[-1]["dangerous"] = True
+        by_format[fmt] = {"known": known, "unknown": unknown, "threshold": 1.0, "score": "rel_mahalanobis",
+                          "known_correct": np.ones(50, bool), "species": rows}
+    table = unknown_species_table("m", by_format)
+    lines = [line for line in table.splitlines() if line.startswith("| Imleria") or line.startswith("| Laetiporus")]
+    assert lines[0].startswith("| Imleria badia | 20 | Boletus edulis (75%) |")
+    assert lines[1].startswith("| Laetiporus sulphureus (poisonous/deadly) | 10 | Armillaria mellea (100%) |")
+    first = by_format["keras"]["species"][0]
+    assert f"{first['auroc']:.2f} · {first['flagged']:.0%} · 2" in lines[0]
+    assert "qat_int8: AUROC · flagged · edible" in table
+    # written beside the open-set plot by write_reports
+    arrays = {"m": {"labels": rng.integers(0, 4, 50), "probs": {"keras": rng.dirichlet(np.ones(4), 50)},
+                    "class_names": list("abcd"), "open_set": by_format}}
+    write_reports(_entries(), arrays, tmp_path, 15)
+    assert (tmp_path / "unknown_species_m.md").read_text() == table
+    assert unknown_species_table("m", {"keras": {k: v for k, v in by_format["keras"].items() if k != "species"}}) == ""
