@@ -220,3 +220,18 @@ def test_species_breakdown_per_species_figures():
     assert "edible" not in openset.species_breakdown(known, unknown, species, 2.0, taken)[0]
     with pytest.raises(ValueError, match="one species"):
         openset.species_breakdown(known, unknown, species[:-1], 2.0, taken)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 42])
+def test_exposure_fraction_moves_species_between_exposure_and_fit_only(seed):
+    # benchmarks/open_set_exposure.py compares 5, 10 and 15 exposure species on the same measured
+    # species: one seeded ranking, exposure from its front, measure from its end
+    names = [f"species {i:02d}" for i in range(30)]
+    dangerous = [i % 4 == 0 for i in range(30)]
+    parts = [openset.partition_unknown_species(names, dangerous, e, v, seed)
+             for e, v in ((0.1667, 0.6), (0.34, 0.5), (0.5, 0.33))]
+    assert [tuple(map(len, p)) for p in parts] == [(5, 15, 10), (10, 10, 10), (15, 5, 10)]
+    assert parts[0][2] == parts[1][2] == parts[2][2]
+    assert set(parts[0][0]) < set(parts[1][0]) < set(parts[2][0])
+    for exposure, fit, measure in parts:
+        assert set(exposure) | set(fit) | set(measure) == set(names)
