@@ -3,8 +3,9 @@
     python update_results.py --config configs/demo.yaml
 
 Copies metrics.json, the headline plots (reliability diagrams, unknown-species plots, format deltas
-with their intervals, trade-off chart) and the per-species unknown tables to docs/results/, replaces the full tables between the results
-markers of docs/results.md, and the short table between the summary markers of README.md.
+with their intervals, trade-off chart) and the per-species unknown tables to docs/results/,
+replaces the full tables between the results markers of docs/results.md, and the short table
+between the summary markers of README.md.
 """
 import argparse
 import shutil

@@ -270,15 +270,16 @@ def species_breakdown(known: np.ndarray, unknown: np.ndarray, unknown_species: S
     taken = np.asarray(taken_for)
     if not (len(unknown) == len(names) == len(taken)) or (verdicts is not None and len(verdicts) != len(unknown)):
         raise ValueError("species_breakdown needs one species, one top-1 class (and one verdict) per unknown photo")
+    edible = None if verdicts is None else np.asarray(verdicts) == "edible"
     rows = []
-    for name in sorted(set(names.tolist())):
+    for name in np.unique(names):
         mine = names == name
         classes, counts = np.unique(taken[mine], return_counts=True)
         row = {"species": str(name), "photos": int(mine.sum()), "auroc": auroc(unknown[mine], known),
                "flagged": float(np.mean(unknown[mine] >= threshold)), "taken_for": str(classes[counts.argmax()]),
                "taken_for_share": float(counts.max() / mine.sum())}
-        if verdicts is not None:
-            row["edible"] = int(sum(v == "edible" for v, m in zip(verdicts, mine) if m))
+        if edible is not None:
+            row["edible"] = int(edible[mine].sum())
         rows.append(row)
     return sorted(rows, key=lambda r: (r["auroc"], r["species"]))
 
